@@ -1,0 +1,36 @@
+# The two set-up commands of the README:  `make demo`  and  `make test`.
+# Each creates .venv and installs what it needs; `make test` also installs the DICOM peers
+# (DCMTK, dicom3tools, Orthanc) from Debian when they are missing.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PEERS  := dcmtk dicom3tools orthanc
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint peers install
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: 2.13.0 is a CPU build (a local wheel on our machines); any other spec may pull CUDA
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $@
+
+install: $(STAMP)
+
+peers:
+	@if ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null || ! command -v Orthanc >/dev/null; then \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(PEERS) >/dev/null || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(PEERS) >/dev/null; }; \
+	fi
+
+demo: $(STAMP)
+	$(VENV)/bin/dicomnode demo
+
+test: $(STAMP) peers
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dicomnode worker training tests bench

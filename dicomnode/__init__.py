@@ -1,0 +1,3 @@
+"""dicomnode: a DICOM-native AI triage node for chest radiographs."""
+
+__version__ = "0.1.0"

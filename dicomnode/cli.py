@@ -1,0 +1,163 @@
+"""``dicomnode`` command line: serve, worker, demo, push, results, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, Settings, load_settings
+from .logconfig import configure_logging
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    s = load_settings(args.config)
+    overrides = {}
+    if getattr(args, "storage_dir", None):
+        overrides["storage_dir"] = Path(args.storage_dir)
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    return s.with_overrides(**overrides) if overrides else s
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .node import Node
+
+    s = _settings(args)
+    configure_logging(s.log_level, s.log_format)
+    Node(s).serve_forever()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    if not s.broker_url:
+        raise ConfigError("dicomnode worker needs DICOMNODE_BROKER_URL, e.g. redis://127.0.0.1:6379/0")
+    configure_logging(s.log_level, s.log_format)
+    from worker.app import make_celery
+
+    app = make_celery(s)
+    argv = ["worker", "--loglevel", s.log_level.upper(), "-Q", s.queue, "--prefetch-multiplier", "1"]
+    argv += ["--concurrency", str(args.concurrency), "--pool", args.pool]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    s = _settings(args)
+    if "DICOMNODE_PORT" not in __import__("os").environ and args.port is None:
+        s = s.with_overrides(port=0)
+    s = s.with_overrides(quiet_seconds=args.quiet)
+    configure_logging("warning", s.log_format)
+    rows = run_demo(s, studies=args.studies, seed=args.seed)
+    return 0 if all(r.score is not None for r in rows) else 1
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .push import expand, push_files
+
+    files = expand([Path(p) for p in args.paths])
+    if not files:
+        print("no files to send", file=sys.stderr)
+        return 2
+    res = push_files(files, args.host, args.port, called_ae=args.called_ae, calling_ae=args.calling_ae)
+    ok = sum(r.status == 0 for r in res)
+    for r in res:
+        if r.status != 0:
+            st = f"0x{r.status:04X}" if r.status is not None else "not sent"
+            print(f"{r.path}: {st} {r.error or ''}")
+    print(f"{ok}/{len(files)} stored")
+    return 0 if ok == len(files) else 1
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .store.db import Store
+    from .store.queries import result_rows
+
+    s = _settings(args)
+    rows = result_rows(Store(s.effective_database_url), limit=args.limit)
+    if args.format == "json":
+        print(json.dumps([r.__dict__ | {"seconds_to_result": r.seconds_to_result} for r in rows], default=str, indent=1))
+        return 0
+    print(f"{'study UID':<64} {'state':<16} {'score':>6} {'priority':<8} {'model':<24} {'s-to-result':>11}")
+    for r in rows:
+        score = f"{r.score:.3f}" if r.score is not None else "-"
+        ttr = f"{r.seconds_to_result:.2f}" if r.seconds_to_result is not None else "-"
+        print(f"{r.study_uid:<64} {r.state:<16} {score:>6} {r.priority or '-':<8} {r.model_version or '-':<24} {ttr:>11}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .store.db import downgrade, migrate
+
+    s = _settings(args)
+    if args.downgrade:
+        downgrade(s.effective_database_url, args.downgrade)
+    else:
+        migrate(s.effective_database_url, args.revision)
+    print(f"database at revision {args.downgrade or args.revision}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
+    p.add_argument("--config", help="TOML settings file (or DICOMNODE_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("serve", help="run the node: SCP, tracker, and in-process analysis unless a broker is set")
+    sp.add_argument("--storage-dir")
+    sp.add_argument("--port", type=int)
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("worker", help="run a Celery worker for DICOMNODE_BROKER_URL")
+    sp.add_argument("--concurrency", type=int, default=1, help="worker processes (one ONNX session each)")
+    sp.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    sp.add_argument("--hostname", help="Celery node name, e.g. gpu1@%%h")
+    sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("demo", help="embedded demo: node + synthetic studies + local PACS, prints results")
+    sp.add_argument("--storage-dir")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--studies", type=int, default=6)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--quiet", type=float, default=2.0, help="quiet period in seconds for the demo")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("push", help="C-STORE files or folders to a DICOM node")
+    sp.add_argument("paths", nargs="+")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=11112)
+    sp.add_argument("--called-ae", default="DICOMNODE")
+    sp.add_argument("--calling-ae", default="DICOMNODE-SCU")
+    sp.set_defaults(func=cmd_push)
+
+    sp = sub.add_parser("results", help="studies and their latest analysis, from SQL")
+    sp.add_argument("--storage-dir")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--format", choices=["table", "json"], default="table")
+    sp.set_defaults(func=cmd_results)
+
+    sp = sub.add_parser("migrate", help="bring the database schema up to date (the node also does this at start)")
+    sp.add_argument("--storage-dir")
+    sp.add_argument("--revision", default="head")
+    sp.add_argument("--downgrade", metavar="REVISION")
+    sp.set_defaults(func=cmd_migrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"dicomnode: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Task runners: where a complete study goes to be analysed.
+
+With no broker configured the study runs on an in-process executor; with ``DICOMNODE_BROKER_URL``
+it becomes a Celery task on the queue. Both run :meth:`worker.pipeline.Pipeline.analyse_study`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Protocol
+
+import structlog
+
+from .config import Settings
+from .store.db import Store
+
+log = structlog.get_logger("dicomnode.dispatch")
+
+
+class TaskRunner(Protocol):
+    """Something that analyses complete studies."""
+
+    def submit(self, study_uid: str, queued_at: datetime) -> None: ...
+
+    def shutdown(self, wait: bool = True) -> None: ...
+
+
+class InProcessRunner:
+    """Runs studies one at a time on a background thread of this process (embedded mode)."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomnode-analyse")
+        self._pipeline: Any = None
+        self.futures: list[Future[Any]] = []
+
+    def _pipeline_instance(self) -> Any:
+        if self._pipeline is None:
+            from worker.inference import PneumoniaModel
+            from worker.pipeline import Pipeline
+
+            self._pipeline = Pipeline(self.settings, self.store, PneumoniaModel(self.settings.model_path))
+        return self._pipeline
+
+    def _run(self, study_uid: str, queued_at: datetime) -> Any:
+        try:
+            return self._pipeline_instance().analyse_study(study_uid, queued_at=queued_at, execution="inprocess")
+        except Exception:
+            log.exception("dispatch.inprocess_failed", study_uid=study_uid)
+            return None
+
+    def submit(self, study_uid: str, queued_at: datetime) -> None:
+        self.futures = [f for f in self.futures if not f.done()]
+        self.futures.append(self._executor.submit(self._run, study_uid, queued_at))
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
+
+
+class CeleryRunner:
+    """Sends each study to the Celery queue named by ``DICOMNODE_QUEUE``."""
+
+    def __init__(self, settings: Settings) -> None:
+        from worker.app import make_celery
+
+        self.settings = settings
+        self.app = make_celery(settings)
+
+    def submit(self, study_uid: str, queued_at: datetime) -> None:
+        self.app.send_task(
+            "dicomnode.analyse_study",
+            args=[study_uid, queued_at.isoformat()],
+            queue=self.settings.queue,
+        )
+        log.info("dispatch.queued", study_uid=study_uid, queue=self.settings.queue)
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def make_runner(settings: Settings, store: Store) -> TaskRunner:
+    """In-process without a broker URL, Celery with one."""
+    if settings.broker_url:
+        return CeleryRunner(settings)
+    return InProcessRunner(settings, store)

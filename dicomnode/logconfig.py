@@ -1,0 +1,44 @@
+"""structlog set-up: events with key-value context, console or JSON, never patient data.
+
+Callers log UIDs and stages only. As a second line of defence, :func:`_scrub` drops any key that
+names a patient attribute.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_PATIENT_KEYS = frozenset({"patient_name", "patient_id", "PatientName", "PatientID", "patient_birth_date"})
+
+
+def _scrub(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    for key in _PATIENT_KEYS & event_dict.keys():
+        event_dict[key] = "<redacted>"
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "console") -> None:
+    """Route structlog and stdlib logging (pynetdicom, celery) to stderr."""
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _scrub,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr, force=True)
+    # pynetdicom logs identifiers of C-STORE requests at INFO/DEBUG: keep it at WARNING.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -1,0 +1,121 @@
+"""Durable instance storage: the bytes the sender sent, written atomically, never decoded.
+
+Layout: ``<storage_dir>/instances/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+A write goes to a temporary file in the destination folder, is fsynced, renamed into place and
+the folder fsynced, so after a crash a file is either whole or absent; a leftover ``.tmp`` file is
+never a stored instance and :func:`sweep_partial_writes` removes them at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class UnsafeUIDError(ValueError):
+    """A UID that is not a valid DICOM UID would be unsafe as a path component."""
+
+
+def _component(uid: str, what: str) -> str:
+    uid = uid.strip().rstrip("\x00")
+    if not uid or len(uid) > 64 or not _UID_RE.match(uid):
+        raise UnsafeUIDError(f"{what} {uid[:70]!r} is not a valid DICOM UID (digits and dots, at most 64)")
+    return uid
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """Where an instance landed and what was written."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+def instance_path(root: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    """The final path of an instance; raises :class:`UnsafeUIDError` for malformed UIDs."""
+    return (
+        root
+        / _component(study_uid, "StudyInstanceUID")
+        / _component(series_uid, "SeriesInstanceUID")
+        / (_component(sop_uid, "SOPInstanceUID") + ".dcm")
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | memoryview) -> StoredFile:
+    """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}{TMP_SUFFIX}")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return StoredFile(path, len(data), digest)
+
+
+def move_atomic(src: Path, path: Path) -> StoredFile:
+    """Durably move a received temp file (same filesystem) to ``path``, hashing it on the way."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+        os.fsync(fh.fileno())
+    try:
+        os.replace(src, path)
+    except OSError:  # another filesystem: copy to a temp file beside the target, then rename
+        tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+        try:
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    _fsync_dir(path.parent)
+    return StoredFile(path, size, h.hexdigest())
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a stored file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sweep_partial_writes(root: Path) -> int:
+    """Remove temp files left by an interrupted write; returns how many were removed."""
+    if not root.exists():
+        return 0
+    removed = 0
+    for p in root.rglob(f"*{TMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -1,0 +1,142 @@
+"""SQL schema: studies, instances, analyses, delivery attempts and an append-only event log.
+
+Every change to this file needs an alembic revision in ``migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now; all timestamps in the store are UTC."""
+    return datetime.now(timezone.utc)
+
+
+class StudyState(str, enum.Enum):
+    """Where a study is in the flow. Transitions only move forward, except a late instance
+    re-opens an analysed study (RECEIVING) so it is analysed again with everything."""
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"  # quiet period passed, handed to the task runner
+    ANALYSING = "analysing"
+    ANALYSED = "analysed"  # results built; delivery pending or partial
+    DELIVERED = "delivered"  # every destination accepted every result object
+    DELIVERY_FAILED = "delivery_failed"  # retries exhausted for at least one destination
+    NOT_APPLICABLE = "not_applicable"  # nothing the model can read (reason recorded)
+    FAILED = "failed"  # the analysis raised (reason recorded)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    state: Mapped[str] = mapped_column(String(32), default=StudyState.RECEIVING.value, index=True)
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    calling_ae: Mapped[str | None] = mapped_column(String(16), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="study")
+    analyses: Mapped[list[Analysis]] = relationship(back_populates="study")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    series_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class Analysis(Base):
+    __tablename__ = "analyses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    score: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    finding_present: Mapped[bool | None] = mapped_column(Boolean)
+    priority: Mapped[str | None] = mapped_column(String(16))
+    instances_analysed: Mapped[int] = mapped_column(Integer, default=0)
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sc_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    error: Mapped[str | None] = mapped_column(Text)
+    execution: Mapped[str | None] = mapped_column(String(32))  # inprocess | celery:<hostname>
+    # per-stage timestamps (UTC)
+    queued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    preprocessed_at: Mapped[datetime | None]
+    inferred_at: Mapped[datetime | None]
+    results_built_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    study: Mapped[Study] = relationship(back_populates="analyses")
+    deliveries: Mapped[list[DeliveryAttempt]] = relationship(back_populates="analysis")
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    attempt: Mapped[int] = mapped_column(Integer)
+    success: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[int | None] = mapped_column(Integer)  # DIMSE status, None if no association
+    error: Mapped[str | None] = mapped_column(Text)
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    analysis: Mapped[Analysis] = relationship(back_populates="deliveries")
+
+
+class Event(Base):
+    """Append-only audit log: one row per thing that happened, never updated."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    study_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict | None] = mapped_column(JSON)

@@ -1,0 +1,110 @@
+"""Read side of the store: what the tracker, the pipeline, the CLI and the worklist ask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+
+from .db import Store
+from .models import Analysis, Instance, Study, StudyState
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+def study_instances(store: Store, study_uid: str) -> list[Instance]:
+    """All instances recorded for a study, in arrival order."""
+    with store.session() as s:
+        stmt = (
+            select(Instance)
+            .join(Study)
+            .where(Study.study_uid == study_uid)
+            .order_by(Instance.received_at, Instance.id)
+        )
+        return list(s.scalars(stmt))
+
+
+def study_state(store: Store, study_uid: str) -> StudyState | None:
+    """The study's current state, or None if it is unknown."""
+    with store.session() as s:
+        v = s.scalar(select(Study.state).where(Study.study_uid == study_uid))
+    return StudyState(v) if v else None
+
+
+def studies_in_state(store: Store, *states: StudyState) -> list[tuple[str, datetime]]:
+    """(study UID, last received) for studies in any of ``states``, oldest first."""
+    with store.session() as s:
+        rows = s.execute(
+            select(Study.study_uid, Study.last_received_at)
+            .where(Study.state.in_([x.value for x in states]))
+            .order_by(Study.last_received_at)
+        ).all()
+    return [(uid, as_utc(at) or at) for uid, at in rows]
+
+
+def latest_analysis(store: Store, study_uid: str) -> Analysis | None:
+    """The most recent analysis row of a study."""
+    with store.session() as s:
+        return s.scalar(
+            select(Analysis)
+            .join(Study)
+            .where(Study.study_uid == study_uid)
+            .order_by(Analysis.id.desc())
+            .limit(1)
+        )
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One line of ``dicomnode results``: a study and its latest analysis."""
+
+    study_uid: str
+    state: str
+    reason: str | None
+    instances: int
+    last_received_at: datetime
+    score: float | None
+    priority: str | None
+    model_version: str | None
+    finished_at: datetime | None
+    delivered_at: datetime | None
+
+    @property
+    def seconds_to_result(self) -> float | None:
+        """Last instance received -> results delivered (or built, with no destination)."""
+        end = self.delivered_at or self.finished_at
+        if end is None:
+            return None
+        return (end - self.last_received_at).total_seconds()
+
+
+def result_rows(store: Store, limit: int = 100) -> list[ResultRow]:
+    """Most recent studies first, each with its latest analysis (if any)."""
+    with store.session() as s:
+        studies = list(s.scalars(select(Study).order_by(Study.last_received_at.desc()).limit(limit)))
+        out = []
+        for st in studies:
+            a = s.scalar(
+                select(Analysis).where(Analysis.study_id == st.id).order_by(Analysis.id.desc()).limit(1)
+            )
+            out.append(
+                ResultRow(
+                    study_uid=st.study_uid,
+                    state=st.state,
+                    reason=st.state_reason,
+                    instances=st.instance_count,
+                    last_received_at=as_utc(st.last_received_at) or st.last_received_at,
+                    score=a.score if a else None,
+                    priority=a.priority if a else None,
+                    model_version=a.model_version if a else None,
+                    finished_at=as_utc(a.finished_at) if a else None,
+                    delivered_at=as_utc(a.delivered_at) if a else None,
+                )
+            )
+    return out

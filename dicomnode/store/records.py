@@ -1,0 +1,176 @@
+"""Write side of the store: what the SCP, the tracker and the pipeline record.
+
+Each function takes a :class:`~dicomnode.store.db.Store` and commits its own transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from .db import Store
+from .models import Analysis, DeliveryAttempt, Event, Instance, Study, StudyState, utcnow
+
+
+def add_event(store: Store, kind: str, study_uid: str | None = None, **detail: Any) -> None:
+    """Append one row to the audit log (never patient data in ``detail``)."""
+    with store.session() as s:
+        s.add(Event(kind=kind, study_uid=study_uid, detail=detail or None))
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One received instance as the SCP saw it."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    path: str
+    size_bytes: int
+    sha256: str
+    calling_ae: str | None
+    accession_number: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    duplicate: bool  # the SOP Instance UID was already stored (file overwritten, row updated)
+    reopened: bool  # the study had been handed on and a late instance re-opened it
+
+
+def record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
+    """Upsert the study and the instance; re-open a study that already left RECEIVING."""
+    for attempt in range(3):
+        try:
+            return _record_instance(store, rec)
+        except IntegrityError:  # two associations created the same study at once: retry
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
+    now = utcnow()
+    with store.session() as s:
+        study = s.scalar(select(Study).where(Study.study_uid == rec.study_uid))
+        reopened = False
+        if study is None:
+            study = Study(
+                study_uid=rec.study_uid,
+                calling_ae=rec.calling_ae,
+                accession_number=(rec.accession_number or None),
+                first_received_at=now,
+                last_received_at=now,
+                state=StudyState.RECEIVING.value,
+            )
+            s.add(study)
+            s.flush()
+        else:
+            study.last_received_at = now
+            if study.state != StudyState.RECEIVING.value:
+                reopened = True
+                study.state = StudyState.RECEIVING.value
+                study.state_reason = None
+        inst = s.scalar(select(Instance).where(Instance.sop_instance_uid == rec.sop_instance_uid))
+        duplicate = inst is not None
+        if inst is None:
+            inst = Instance(study_id=study.id, sop_instance_uid=rec.sop_instance_uid)
+            s.add(inst)
+            study.instance_count = (study.instance_count or 0) + 1
+        inst.sop_class_uid = rec.sop_class_uid
+        inst.series_uid = rec.series_uid
+        inst.transfer_syntax_uid = rec.transfer_syntax_uid
+        inst.modality = rec.modality
+        inst.path = rec.path
+        inst.size_bytes = rec.size_bytes
+        inst.sha256 = rec.sha256
+        inst.calling_ae = rec.calling_ae
+        inst.received_at = now
+        if duplicate or reopened:
+            s.add(
+                Event(
+                    kind="instance.duplicate" if duplicate else "study.reopened",
+                    study_uid=rec.study_uid,
+                    detail={"sop_instance_uid": rec.sop_instance_uid},
+                )
+            )
+    return InstanceOutcome(duplicate=duplicate, reopened=reopened)
+
+
+def set_study_state(
+    store: Store, study_uid: str, state: StudyState, reason: str | None = None, *, only_from: tuple[StudyState, ...] = ()
+) -> bool:
+    """Move a study to ``state`` (optionally only from given states); True if a row changed."""
+    values: dict[str, Any] = {"state": state.value, "state_reason": reason, "updated_at": utcnow()}
+    if state is StudyState.COMPLETE:
+        values["completed_at"] = utcnow()
+    with store.session() as s:
+        stmt = update(Study).where(Study.study_uid == study_uid)
+        if only_from:
+            stmt = stmt.where(Study.state.in_([x.value for x in only_from]))
+        changed = s.execute(stmt.values(**values)).rowcount > 0
+        if changed:
+            s.add(Event(kind=f"study.{state.value}", study_uid=study_uid, detail={"reason": reason} if reason else None))
+    return changed
+
+
+def start_analysis(
+    store: Store, study_uid: str, *, model_name: str, model_version: str, queued_at: datetime | None, execution: str
+) -> int:
+    """Create the analysis row for a study and mark the study ANALYSING; returns the row id."""
+    with store.session() as s:
+        study = s.scalar(select(Study).where(Study.study_uid == study_uid))
+        if study is None:
+            raise LookupError(f"study {study_uid} is not in the store: was it received by this node?")
+        study.state = StudyState.ANALYSING.value
+        a = Analysis(
+            study_id=study.id,
+            model_name=model_name,
+            model_version=model_version,
+            queued_at=queued_at,
+            started_at=utcnow(),
+            execution=execution,
+        )
+        s.add(a)
+        s.flush()
+        s.add(Event(kind="analysis.started", study_uid=study_uid, detail={"model_version": model_version, "execution": execution}))
+        return a.id
+
+
+def update_analysis(store: Store, analysis_id: int, **values: Any) -> None:
+    """Set columns of an analysis row (scores, timestamps, result UIDs, error)."""
+    with store.session() as s:
+        s.execute(update(Analysis).where(Analysis.id == analysis_id).values(**values))
+
+
+def record_delivery_attempt(
+    store: Store,
+    analysis_id: int,
+    *,
+    destination: str,
+    sop_instance_uid: str,
+    attempt: int,
+    success: bool,
+    status: int | None,
+    error: str | None,
+) -> None:
+    """One C-STORE attempt of one result object to one destination."""
+    with store.session() as s:
+        s.add(
+            DeliveryAttempt(
+                analysis_id=analysis_id,
+                destination=destination,
+                sop_instance_uid=sop_instance_uid,
+                attempt=attempt,
+                success=success,
+                status=status,
+                error=error,
+            )
+        )

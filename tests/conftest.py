@@ -1,0 +1,195 @@
+"""Fixtures that start real servers: our node, a receiving PACS, Celery workers, PostgreSQL DBs.
+
+Nothing here is mocked: associations are real pynetdicom associations on loopback, the queue is
+the real Redis at 127.0.0.1:6379 and the database the real PostgreSQL at 127.0.0.1:5432.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dicomnode.config import Destination, Settings
+from dicomnode.logconfig import configure_logging
+from dicomnode.node import Node
+from dicomnode.receiver import Receiver
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("DICOMNODE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("DICOMNODE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+configure_logging("info", "console")
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model, trained once per test session by the training package on phantoms."""
+    from training.demo import ensure_demo_model
+
+    cache = os.environ.get("DICOMNODE_TEST_MODEL")
+    if cache and Path(cache).is_file():
+        return Path(cache)
+    return ensure_demo_model(tmp_path_factory.mktemp("model") / "pneumonia-demo.onnx")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Receiver]:
+    """A pynetdicom Storage SCP acting as the hospital PACS that receives our results."""
+    with Receiver(tmp_path / "pacs", ae_title="TESTPACS") as r:
+        yield r
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, model_path: Path, pacs: Receiver) -> Callable[..., Settings]:
+    """Settings for a node on a free loopback port delivering to ``pacs``."""
+
+    def make(**changes: object) -> Settings:
+        base = Settings(
+            ae_title="DICOMNODE",
+            host="127.0.0.1",
+            port=0,
+            storage_dir=tmp_path / "node",
+            destinations=(Destination("TESTPACS", "127.0.0.1", pacs.port),),
+            quiet_seconds=0.5,
+            model=model_path,
+            delivery_attempts=3,
+            delivery_backoff_seconds=0.2,
+        )
+        return base.with_overrides(**changes) if changes else base
+
+    return make
+
+
+@pytest.fixture
+def node_factory() -> Iterator[Callable[[Settings], Node]]:
+    """Start nodes; every node started is stopped at teardown."""
+    nodes: list[Node] = []
+
+    def start(settings: Settings) -> Node:
+        n = Node(settings).start()
+        nodes.append(n)
+        return n
+
+    yield start
+    for n in nodes:
+        n.stop()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the real server, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"dicomnode_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    yield url
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The DICOMNODE_* environment that gives a worker process the same settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+    env.update(
+        DICOMNODE_AE_TITLE=s.ae_title,
+        DICOMNODE_STORAGE_DIR=str(s.storage_dir),
+        DICOMNODE_DATABASE_URL=s.effective_database_url,
+        DICOMNODE_BROKER_URL=s.broker_url,
+        DICOMNODE_QUEUE=s.queue,
+        DICOMNODE_DESTINATIONS=",".join(str(d) for d in s.destinations),
+        DICOMNODE_MODEL=str(s.model_path),
+        DICOMNODE_DELIVERY_ATTEMPTS=str(s.delivery_attempts),
+        DICOMNODE_DELIVERY_BACKOFF_SECONDS=str(s.delivery_backoff_seconds),
+        DICOMNODE_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+class CeleryWorker:
+    """A real ``celery worker`` subprocess consuming our queue on the real Redis."""
+
+    def __init__(self, settings: Settings, log_path: Path, name: str) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "--concurrency", "1",
+             "-Q", settings.queue, "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
+             "--without-mingle", "--without-heartbeat"],
+            cwd=REPO,
+            env=settings_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"celery worker exited: {log_path.read_text()[-3000:]}")
+            if b"ready." in log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"celery worker not ready in 60 s: {log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def celery_queue() -> Iterator[str]:
+    """A queue name of our own on the shared Redis, purged afterwards."""
+    import redis
+
+    q = f"dicomnode-test-{uuid.uuid4().hex[:10]}"
+    yield q
+    r = redis.Redis.from_url(REDIS_URL)
+    r.delete(q)
+    r.close()
+
+
+@pytest.fixture
+def celery_worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], CeleryWorker]]:
+    workers: list[CeleryWorker] = []
+
+    def start(settings: Settings) -> CeleryWorker:
+        w = CeleryWorker(settings, tmp_path / f"worker{len(workers)}.log", f"w{len(workers)}-{uuid.uuid4().hex[:6]}")
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        w.stop()
+
+
+def need_tool(name: str) -> str:
+    """Path of an external peer tool; fails (not skips) in CI, where the test command installs it."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed: the test command installs it (apt-get)")
+        pytest.skip(f"{name} not installed")
+    return path

@@ -1,0 +1,114 @@
+"""Bad input over real associations: a failure status, a log line, nothing half-written, node up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from dicomnode import status
+from dicomnode.config import Settings
+from dicomnode.node import Node
+from dicomnode.push import push_files
+from training.phantoms import make_phantom
+
+
+@pytest.fixture
+def bare_node(tmp_path: Path, node_factory: Callable[[Settings], Node]) -> Node:
+    """A node with no model and no destination: these tests never reach analysis."""
+    return node_factory(Settings(host="127.0.0.1", port=0, storage_dir=tmp_path / "node", quiet_seconds=3600))
+
+
+def _echo_ok(port: int) -> bool:
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    try:
+        return assoc.is_established and assoc.send_c_echo().Status == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _raw_file(path: Path, sop_class: str, sop_uid: str, body: bytes) -> Path:
+    """A file with valid file meta and whatever body bytes we choose (sent verbatim)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    with open(path, "wb") as fh:
+        fh.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(fh, meta, enforce_standard=True)
+        fh.write(body)
+    return path
+
+
+def _stored_files(node: Node) -> list[Path]:
+    root = node.settings.instances_dir
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_unknown_sop_class_gets_0122_and_node_keeps_serving(bare_node: Node, tmp_path: Path) -> None:
+    ds = make_phantom(np.random.default_rng(0), False, size=64)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.9.9999.1"  # private
+    f = tmp_path / "private.dcm"
+    ds.save_as(f, enforce_file_format=True)
+    [res] = push_files([f], "127.0.0.1", bare_node.port)
+    assert res.status == status.SOP_CLASS_NOT_SUPPORTED
+    assert _stored_files(bare_node) == []
+    assert _echo_ok(bare_node.port)
+
+
+def test_unparseable_dataset_gets_c210_and_nothing_is_stored(bare_node: Node, tmp_path: Path) -> None:
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    garbage = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    files = [
+        _raw_file(tmp_path / "garbage.dcm", ct, generate_uid(), garbage),
+        # a valid start, then cut off mid-element
+        _raw_file(tmp_path / "truncated.dcm", ct, generate_uid(), b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4"),
+    ]
+    results = push_files(files, "127.0.0.1", bare_node.port)
+    assert [r.status for r in results] == [status.CANNOT_UNDERSTAND] * 2
+    assert _stored_files(bare_node) == []
+    assert _echo_ok(bare_node.port)
+
+
+def test_dataset_not_matching_its_context_gets_a900(bare_node: Node, tmp_path: Path) -> None:
+    ds = make_phantom(np.random.default_rng(2), False, size=64)
+    real_class = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT context, DX data set
+    f = tmp_path / "mismatch.dcm"
+    pydicom.dcmwrite(f, ds, enforce_file_format=True)
+    assert pydicom.dcmread(f).SOPClassUID == real_class
+    [res] = push_files([f], "127.0.0.1", bare_node.port)
+    assert res.status == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert _stored_files(bare_node) == []
+    assert _echo_ok(bare_node.port)
+
+
+def test_valid_instance_is_stored_durably_and_recorded(bare_node: Node, tmp_path: Path) -> None:
+    from dicomnode.storage import sha256_of
+    from dicomnode.store.queries import study_instances
+
+    ds = make_phantom(np.random.default_rng(3), True, size=128)
+    f = tmp_path / "ok.dcm"
+    ds.save_as(f, enforce_file_format=True)
+    [res] = push_files([f], "127.0.0.1", bare_node.port, calling_ae="MODALITY1")
+    assert res.status == status.SUCCESS
+    [stored] = _stored_files(bare_node)
+    assert stored.name == f"{ds.SOPInstanceUID}.dcm"
+    back = pydicom.dcmread(stored)
+    assert back.SOPInstanceUID == ds.SOPInstanceUID
+    assert np.array_equal(back.pixel_array, ds.pixel_array)
+    assert bare_node.store is not None
+    [row] = study_instances(bare_node.store, ds.StudyInstanceUID)
+    assert row.sha256 == sha256_of(stored) and row.calling_ae == "MODALITY1"
+    assert not list(bare_node.settings.instances_dir.rglob("*.tmp"))

@@ -1,0 +1,35 @@
+"""The Celery app: broker and result backend from ``DICOMNODE_BROKER_URL``.
+
+Start workers with ``dicomnode worker`` (or ``celery -A worker.app worker``). Tasks are
+acknowledged late and re-queued if a worker dies, so a study in flight is never lost.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from dicomnode.config import Settings, load_settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from our settings."""
+    app = Celery("dicomnode", include=["worker.tasks"])
+    broker = settings.broker_url or "memory://"
+    app.conf.update(
+        broker_url=broker,
+        result_backend=None if broker.startswith("memory") else broker,
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        result_expires=24 * 3600,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 3600},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_celery(load_settings())

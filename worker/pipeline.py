@@ -1,0 +1,247 @@
+"""One study from stored files to delivered results. Callable without Celery.
+
+select -> read -> preprocess (training.preprocess, the same code training used) -> ONNX ->
+SR + SC (dicomnode.results) -> write -> C-STORE to every destination -> SQL.
+The embedded mode, the Celery task and the tests all call :meth:`Pipeline.analyse_study`.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import structlog
+from pydicom import Dataset
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageProcessingStorage,
+    DigitalXRayImageStorageForPresentation,
+    EnhancedSRStorage,
+)
+
+from dicomnode.config import Settings
+from dicomnode.delivery import AttemptResult, deliver
+from dicomnode.results import Finding, build_heatmap_sc, build_sr, result_uids
+from dicomnode.storage import write_atomic
+from dicomnode.store.db import Store
+from dicomnode.store.models import StudyState, utcnow
+from dicomnode.store.queries import as_utc, latest_analysis, study_instances, study_state
+from dicomnode.store.records import (
+    record_delivery_attempt,
+    set_study_state,
+    start_analysis,
+    update_analysis,
+)
+from training.preprocess import preprocess
+
+from .inference import PneumoniaModel
+
+log = structlog.get_logger("worker.pipeline")
+
+#: SOP classes the chest model reads (projection radiography).
+MODEL_SOP_CLASSES = frozenset(
+    {str(ComputedRadiographyImageStorage), str(DigitalXRayImageStorageForPresentation), str(DigitalXRayImageProcessingStorage)}
+)
+LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"})
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What happened to one study."""
+
+    study_uid: str
+    state: StudyState
+    score: float | None = None
+    priority: str | None = None
+    reason: str | None = None
+    skipped: bool = False  # already analysed with this model: nothing done (idempotent re-delivery)
+    result_paths: tuple[Path, ...] = field(default_factory=tuple)
+
+
+def select_for_model(ds: Dataset) -> str | None:
+    """None if the model should read this instance, else why not."""
+    if str(ds.get("SOPClassUID", "")) not in MODEL_SOP_CLASSES:
+        return f"SOP class {ds.get('SOPClassUID', '?')} is not CR/DX"
+    view = str(ds.get("ViewPosition", "") or "").upper()
+    if view in LATERAL_VIEWS:
+        return f"lateral view ({view})"
+    if "PixelData" not in ds:
+        return "no pixel data"
+    return None
+
+
+def _encode(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+class Pipeline:
+    """Everything a worker process needs, created once: settings, store, model."""
+
+    def __init__(self, settings: Settings, store: Store, model: PneumoniaModel) -> None:
+        self.settings = settings
+        self.store = store
+        self.model = model
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        """Open the store (migrating it) and load the model named by the settings."""
+        return cls(settings, Store(settings.effective_database_url), PneumoniaModel(settings.model_path))
+
+    def already_done(self, study_uid: str) -> bool:
+        """True if this model already produced this study's results after its last instance."""
+        state = study_state(self.store, study_uid)
+        if state not in (StudyState.DELIVERED, StudyState.ANALYSED, StudyState.NOT_APPLICABLE):
+            return False
+        a = latest_analysis(self.store, study_uid)
+        return a is not None and a.finished_at is not None and a.model_version == self.model.card.version
+
+    def analyse_study(
+        self, study_uid: str, *, queued_at: datetime | None = None, execution: str = "inprocess"
+    ) -> StudyOutcome:
+        """Analyse one complete study and deliver its results; records every step in SQL."""
+        if self.already_done(study_uid):
+            log.info("study.skipped", study_uid=study_uid, reason="already analysed with this model")
+            return StudyOutcome(study_uid, study_state(self.store, study_uid) or StudyState.DELIVERED, skipped=True)
+        card = self.model.card
+        bound = log.bind(study_uid=study_uid, model_version=card.version)
+        analysis_id = start_analysis(
+            self.store, study_uid, model_name=card.name, model_version=card.version, queued_at=queued_at, execution=execution
+        )
+        try:
+            return self._run(study_uid, analysis_id, bound)
+        except Exception as exc:
+            bound.exception("study.failed")
+            update_analysis(self.store, analysis_id, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=utcnow())
+            set_study_state(self.store, study_uid, StudyState.FAILED, f"{type(exc).__name__}: {exc}"[:500])
+            raise
+
+    def _run(self, study_uid: str, analysis_id: int, bound: structlog.typing.FilteringBoundLogger) -> StudyOutcome:
+        card = self.model.card
+        t0 = time.perf_counter()
+        sources: list[Dataset] = []
+        images: list[np.ndarray] = []
+        skipped: list[str] = []
+        for inst in study_instances(self.store, study_uid):
+            try:
+                ds = pydicom.dcmread(inst.path)
+            except Exception as exc:
+                skipped.append(f"{inst.sop_instance_uid}: unreadable ({type(exc).__name__})")
+                continue
+            why = select_for_model(ds)
+            if why is None:
+                try:
+                    images.append(preprocess(ds, self.model.preprocess_config))
+                    sources.append(ds)
+                    continue
+                except Exception as exc:  # undecodable pixel data, multi-frame, colour...
+                    why = f"cannot preprocess ({type(exc).__name__}: {exc})"
+            skipped.append(f"{inst.sop_instance_uid}: {why}")
+        update_analysis(self.store, analysis_id, preprocessed_at=utcnow(), instances_analysed=len(sources))
+        if not sources:
+            reason = "no instance the model can read: " + "; ".join(skipped)[:900] if skipped else "study has no instances"
+            update_analysis(self.store, analysis_id, error=reason, finished_at=utcnow())
+            set_study_state(self.store, study_uid, StudyState.NOT_APPLICABLE, reason)
+            bound.info("study.not_applicable", skipped=len(skipped))
+            return StudyOutcome(study_uid, StudyState.NOT_APPLICABLE, reason=reason)
+
+        probs, cams = self.model.predict(np.stack(images))
+        t_infer = time.perf_counter()
+        best = int(np.argmax(probs))
+        finding = Finding(probability=float(probs[best]), threshold=card.threshold)
+        update_analysis(
+            self.store,
+            analysis_id,
+            inferred_at=utcnow(),
+            score=finding.probability,
+            threshold=card.threshold,
+            finding_present=finding.present,
+            priority=finding.priority.value,
+        )
+
+        uids = result_uids(study_uid, card.version)
+        sr = build_sr(sources, finding, card, uids=uids)
+        sc = build_heatmap_sc(sources[best], cams[best], finding, card, uids=uids)
+        out_dir = self.settings.results_dir / study_uid
+        paths = []
+        for ds in (sr, sc):
+            stored = write_atomic(out_dir / f"{ds.SOPInstanceUID}.dcm", _encode(ds))
+            paths.append(stored.path)
+        t_results = time.perf_counter()
+        update_analysis(
+            self.store,
+            analysis_id,
+            results_built_at=utcnow(),
+            sr_sop_instance_uid=str(sr.SOPInstanceUID),
+            sc_sop_instance_uid=str(sc.SOPInstanceUID),
+        )
+        bound.info(
+            "study.analysed",
+            score=round(finding.probability, 4),
+            priority=finding.priority.value,
+            images=len(sources),
+            preprocess_ms=round((t_infer - t0) * 1000, 1),
+            results_ms=round((t_results - t_infer) * 1000, 1),
+        )
+
+        def enhanced(ds: Dataset) -> Dataset | None:
+            if ds.SOPInstanceUID == sr.SOPInstanceUID:
+                return build_sr(sources, finding, card, uids=uids, enhanced=True)
+            return None
+
+        def record(r: AttemptResult) -> None:
+            record_delivery_attempt(
+                self.store,
+                analysis_id,
+                destination=r.destination,
+                sop_instance_uid=r.sop_instance_uid,
+                attempt=r.attempt,
+                success=r.success,
+                status=r.status,
+                error=r.error,
+            )
+
+        all_ok = True
+        for dest in self.settings.destinations:
+            ok = deliver(
+                [sr, sc],
+                dest,
+                calling_ae=self.settings.ae_title,
+                attempts=self.settings.delivery_attempts,
+                backoff_seconds=self.settings.delivery_backoff_seconds,
+                on_attempt=record,
+                fallback=enhanced,
+                extra_sop_classes=[str(EnhancedSRStorage)],
+            )
+            all_ok = all_ok and ok
+        now = utcnow()
+        if not self.settings.destinations:
+            state = StudyState.ANALYSED
+        elif all_ok:
+            state = StudyState.DELIVERED
+        else:
+            state = StudyState.DELIVERY_FAILED
+        update_analysis(self.store, analysis_id, delivered_at=now if all_ok and self.settings.destinations else None, finished_at=now)
+        set_study_state(
+            self.store,
+            study_uid,
+            state,
+            None if state is not StudyState.DELIVERY_FAILED else "retry budget exhausted; re-send with `dicomnode resend`",
+            only_from=(StudyState.ANALYSING,),
+        )
+        return StudyOutcome(study_uid, state, finding.probability, finding.priority.value, result_paths=tuple(paths))
+
+
+def execution_label(kind: str) -> str:
+    """``inprocess`` or ``celery:<host>`` for the analysis row."""
+    return kind if kind == "inprocess" else f"{kind}:{socket.gethostname()}"[:32]
+
+
+__all__ = ["Pipeline", "StudyOutcome", "select_for_model", "execution_label", "as_utc"]
