@@ -1,4 +1,4 @@
-"""``dicomnode`` command line: serve, worker, demo, push, results, migrate."""
+"""``dicomnode`` command line: serve, worker, demo, push, echo, results, migrate."""
 
 from __future__ import annotations
 
@@ -75,6 +75,27 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0 if ok == len(files) else 1
 
 
+def cmd_echo(args: argparse.Namespace) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=args.calling_ae)
+    ae.acse_timeout = ae.network_timeout = args.timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(args.host, args.port, ae_title=args.called_ae)
+    if not assoc.is_established:
+        print(f"C-ECHO: no association with {args.called_ae}@{args.host}:{args.port}", file=sys.stderr)
+        return 1
+    try:
+        rsp = assoc.send_c_echo()
+        ok = rsp is not None and int(rsp.Status) == 0
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    print("C-ECHO: success" if ok else "C-ECHO: failed")
+    return 0 if ok else 1
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from .store.db import Store
     from .store.queries import result_rows
@@ -135,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--called-ae", default="DICOMNODE")
     sp.add_argument("--calling-ae", default="DICOMNODE-SCU")
     sp.set_defaults(func=cmd_push)
+
+    sp = sub.add_parser("echo", help="C-ECHO a DICOM node (health check)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=11112)
+    sp.add_argument("--called-ae", default="DICOMNODE")
+    sp.add_argument("--calling-ae", default="ECHOSCU")
+    sp.add_argument("--timeout", type=float, default=10)
+    sp.set_defaults(func=cmd_echo)
 
     sp = sub.add_parser("results", help="studies and their latest analysis, from SQL")
     sp.add_argument("--storage-dir")
