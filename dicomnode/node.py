@@ -86,11 +86,14 @@ class Node:
         self.runner.submit(study_uid, utcnow())
 
     def stop(self, *, wait: bool = True) -> None:
-        """Refuse new associations, finish open ones, hand on pending studies, stop the runner."""
+        """Refuse new associations, stop the tracker and the runner.
+
+        Studies still inside their quiet period stay RECEIVING in SQL; the next start gives them a
+        fresh quiet period (a sender may still be sending), so nothing is lost or cut short."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        self.tracker.stop(flush=True)
+        self.tracker.stop()
         if self.runner is not None:
             self.runner.shutdown(wait=wait)
         if self.store is not None:

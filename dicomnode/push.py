@@ -6,8 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 
 # Send files as their raw bytes (no decode/re-encode): fast, and sends exactly what is on disk.
@@ -41,18 +40,18 @@ def push_files(
     """Send every file over one association, in each file's own transfer syntax."""
     headers = []
     for f in files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        headers.append((f, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
+        meta = read_file_meta_info(f)  # only the file meta: the data set goes as raw bytes
+        headers.append((f, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.maximum_pdu_size = 0
-    contexts: dict[str, set[str]] = {}
-    for _, cls, ts in headers:
-        contexts.setdefault(cls, {str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)}).add(ts)
+    # One context per (SOP class, transfer syntax): files go as their raw bytes, so each needs a
+    # context in its own syntax (an acceptor takes the first syntax of a multi-syntax context).
+    contexts = sorted({(cls, ts) for _, cls, ts in headers})
     if len(contexts) > 128:
-        raise ValueError("more than 128 SOP classes in one push: split the files into batches")
-    for cls, syntaxes in contexts.items():
-        ae.add_requested_context(cls, sorted(syntaxes))
+        raise ValueError("more than 128 SOP class/transfer syntax pairs in one push: send the files in batches")
+    for cls, ts in contexts:
+        ae.add_requested_context(cls, [ts])
     assoc = ae.associate(host, port, ae_title=called_ae)
     if not assoc.is_established:
         raise ConnectionError(

@@ -20,7 +20,7 @@ import structlog
 from pydicom import Dataset
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
-    DigitalXRayImageProcessingStorage,
+    DigitalXRayImageStorageForProcessing,
     DigitalXRayImageStorageForPresentation,
     EnhancedSRStorage,
 )
@@ -46,7 +46,7 @@ log = structlog.get_logger("worker.pipeline")
 
 #: SOP classes the chest model reads (projection radiography).
 MODEL_SOP_CLASSES = frozenset(
-    {str(ComputedRadiographyImageStorage), str(DigitalXRayImageStorageForPresentation), str(DigitalXRayImageProcessingStorage)}
+    {str(ComputedRadiographyImageStorage), str(DigitalXRayImageStorageForPresentation), str(DigitalXRayImageStorageForProcessing)}
 )
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -83,11 +85,12 @@ def test_unparseable_dataset_gets_c210_and_nothing_is_stored(bare_node: Node, tm
 
 def test_dataset_not_matching_its_context_gets_a900(bare_node: Node, tmp_path: Path) -> None:
     ds = make_phantom(np.random.default_rng(2), False, size=64)
-    real_class = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT context, DX data set
-    f = tmp_path / "mismatch.dcm"
-    pydicom.dcmwrite(f, ds, enforce_file_format=True)
-    assert pydicom.dcmread(f).SOPClassUID == real_class
+    body = io.BytesIO()
+    fp = DicomFileLike(body)
+    fp.is_implicit_VR, fp.is_little_endian = False, True  # explicit VR LE, as the meta says
+    write_dataset(fp, ds)
+    # the request and the context say CT; the data set inside is a DX
+    f = _raw_file(tmp_path / "mismatch.dcm", "1.2.840.10008.5.1.4.1.1.2", ds.SOPInstanceUID, body.getvalue())
     [res] = push_files([f], "127.0.0.1", bare_node.port)
     assert res.status == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert _stored_files(bare_node) == []
