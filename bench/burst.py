@@ -16,12 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from training.demo import ensure_demo_model
+
 from dicomnode.config import Destination, Settings
 from dicomnode.logconfig import configure_logging
 from dicomnode.node import Node
 from dicomnode.push import push_files
 from dicomnode.receiver import Receiver
-from training.demo import ensure_demo_model
 from training.phantoms import write_phantom_studies
 
 
@@ -42,7 +43,11 @@ def main() -> None:
         total_bytes = sum(p.stat().st_size for p in files)
         with Receiver(root / "pacs", ae_title="BENCHPACS") as pacs:
             settings = Settings(
-                host="127.0.0.1", port=0, storage_dir=root / "node", quiet_seconds=args.quiet, model=model,
+                host="127.0.0.1",
+                port=0,
+                storage_dir=root / "node",
+                quiet_seconds=args.quiet,
+                model=model,
                 destinations=(Destination("BENCHPACS", "127.0.0.1", pacs.port),),
             )
             node = Node(settings).start()
@@ -74,7 +79,9 @@ def main() -> None:
         print(f"{'end-to-end s/study p95':<44} {pct(e2e, 0.95):>10.2f}")
         print(f"{'end-to-end s/study mean':<44} {statistics.mean(e2e):>10.2f}")
         print(f"{'quiet period s (part of every figure above)':<44} {args.quiet:>10.2f}")
-        print(f"{'burst wall s (first push -> last SR)':<44} {max(sr_at.values()) - min(sent_at.values()) + ingest_s / len(studies):>10.2f}")
+        print(
+            f"{'burst wall s (first push -> last SR)':<44} {max(sr_at.values()) - min(sent_at.values()) + ingest_s / len(studies):>10.2f}"
+        )
 
 
 if __name__ == "__main__":

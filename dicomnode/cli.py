@@ -103,13 +103,19 @@ def cmd_results(args: argparse.Namespace) -> int:
     s = _settings(args)
     rows = result_rows(Store(s.effective_database_url), limit=args.limit)
     if args.format == "json":
-        print(json.dumps([r.__dict__ | {"seconds_to_result": r.seconds_to_result} for r in rows], default=str, indent=1))
+        print(
+            json.dumps(
+                [r.__dict__ | {"seconds_to_result": r.seconds_to_result} for r in rows], default=str, indent=1
+            )
+        )
         return 0
     print(f"{'study UID':<64} {'state':<16} {'score':>6} {'priority':<8} {'model':<24} {'s-to-result':>11}")
     for r in rows:
         score = f"{r.score:.3f}" if r.score is not None else "-"
         ttr = f"{r.seconds_to_result:.2f}" if r.seconds_to_result is not None else "-"
-        print(f"{r.study_uid:<64} {r.state:<16} {score:>6} {r.priority or '-':<8} {r.model_version or '-':<24} {ttr:>11}")
+        print(
+            f"{r.study_uid:<64} {r.state:<16} {score:>6} {r.priority or '-':<8} {r.model_version or '-':<24} {ttr:>11}"
+        )
     return 0
 
 
@@ -130,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML settings file (or DICOMNODE_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sp = sub.add_parser("serve", help="run the node: SCP, tracker, and in-process analysis unless a broker is set")
+    sp = sub.add_parser(
+        "serve", help="run the node: SCP, tracker, and in-process analysis unless a broker is set"
+    )
     sp.add_argument("--storage-dir")
     sp.add_argument("--port", type=int)
     sp.set_defaults(func=cmd_serve)
@@ -171,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=["table", "json"], default="table")
     sp.set_defaults(func=cmd_results)
 
-    sp = sub.add_parser("migrate", help="bring the database schema up to date (the node also does this at start)")
+    sp = sub.add_parser(
+        "migrate", help="bring the database schema up to date (the node also does this at start)"
+    )
     sp.add_argument("--storage-dir")
     sp.add_argument("--revision", default="head")
     sp.add_argument("--downgrade", metavar="REVISION")

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
+
+from .selection import SelectionRules
 
 ENV_PREFIX = "DICOMNODE_"
 
@@ -52,6 +55,9 @@ class Settings:
     model: Path | None = None  # None: the bundled demo model under storage_dir
     delivery_attempts: int = 5
     delivery_backoff_seconds: float = 2.0
+    select_modalities: tuple[str, ...] = ("CR", "DX")
+    select_body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "")
+    select_views: tuple[str, ...] = ("PA", "AP", "")
     log_format: str = "console"  # console | json
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +77,11 @@ class Settings:
         return self.storage_dir / "models" / "pneumonia-demo.onnx"
 
     @property
+    def selection_rules(self) -> SelectionRules:
+        """The series selection rules in force."""
+        return SelectionRules(self.select_modalities, self.select_body_parts, self.select_views)
+
+    @property
     def instances_dir(self) -> Path:
         return self.storage_dir / "instances"
 
@@ -83,7 +94,9 @@ class Settings:
         return _validate(replace(self, **changes))
 
 
-def parse_destinations(value: str | list[str], key: str = "DICOMNODE_DESTINATIONS") -> tuple[Destination, ...]:
+def parse_destinations(
+    value: str | list[str], key: str = "DICOMNODE_DESTINATIONS"
+) -> tuple[Destination, ...]:
     """Parse ``AE@host:port`` entries (comma-separated string or list)."""
     items = value if isinstance(value, list) else [v for v in value.split(",")]
     out = []
@@ -93,9 +106,7 @@ def parse_destinations(value: str | list[str], key: str = "DICOMNODE_DESTINATION
             continue
         m = _DEST_RE.match(entry)
         if not m:
-            raise ConfigError(
-                f"{key} entry {entry!r} must look like AE@host:port, e.g. PACS@10.0.0.5:104"
-            )
+            raise ConfigError(f"{key} entry {entry!r} must look like AE@host:port, e.g. PACS@10.0.0.5:104")
         port = int(m["port"])
         if not 0 < port < 65536:
             raise ConfigError(f"{key} entry {entry!r} has port {port}: use 1-65535")
@@ -123,9 +134,24 @@ _CASTS: dict[str, Any] = {
 }
 
 
+def _parse_list(value: str | list[str]) -> tuple[str, ...]:
+    """Comma-separated (env) or list (TOML) of codes; "-" or "(empty)" stands for a missing value."""
+    items = value if isinstance(value, list) else value.split(",")
+    return tuple(
+        "" if v.strip() in ("-", "(empty)") else v.strip().upper()
+        for v in items
+        if v.strip() or isinstance(value, list)
+    )
+
+
+_LIST_FIELDS = {"select_modalities", "select_body_parts", "select_views"}
+
+
 def _cast(key: str, name: str, value: Any) -> Any:
     if name == "destinations":
         return parse_destinations(value, key)
+    if name in _LIST_FIELDS:
+        return _parse_list(value)
     caster = _CASTS[name]
     try:
         return caster(value)
@@ -157,12 +183,10 @@ def _validate(s: Settings) -> Settings:
     return s
 
 
-_FIELDS = set(_CASTS) | {"destinations"}
+_FIELDS = set(_CASTS) | {"destinations"} | _LIST_FIELDS
 
 
-def load_settings(
-    config_file: str | Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(config_file: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file, then ``DICOMNODE_*`` variables; raises :class:`ConfigError`."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}

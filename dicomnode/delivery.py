@@ -66,7 +66,11 @@ def send_once(
     except Exception as exc:  # socket errors etc.
         return [result(ds, False, None, f"association failed: {exc}") for ds in datasets]
     if not assoc.is_established:
-        why = "association rejected" if assoc.is_rejected else "association failed (peer unreachable or aborted)"
+        why = (
+            "association rejected"
+            if assoc.is_rejected
+            else "association failed (peer unreachable or aborted)"
+        )
         return [result(ds, False, None, why) for ds in datasets]
     out = []
     try:
@@ -79,7 +83,9 @@ def send_once(
                     log.info("delivery.fallback", destination=name, sop_class_uid=str(alt.SOPClassUID))
                     to_send = alt
             if str(to_send.SOPClassUID) not in accepted:
-                out.append(result(ds, False, None, f"destination does not accept SOP class {to_send.SOPClassUID}"))
+                out.append(
+                    result(ds, False, None, f"destination does not accept SOP class {to_send.SOPClassUID}")
+                )
                 continue
             try:
                 rsp = assoc.send_c_store(to_send)
@@ -88,12 +94,18 @@ def send_once(
                 continue
             st = int(rsp.Status) if rsp and "Status" in rsp else None
             ok = st in STORED_STATUSES
-            out.append(result(ds, ok, st, None if ok else ("no response" if st is None else f"status 0x{st:04X}")))
+            out.append(
+                result(ds, ok, st, None if ok else ("no response" if st is None else f"status 0x{st:04X}"))
+            )
             if not assoc.is_established:
                 break
         # anything not attempted because the association dropped
         done = {r.sop_instance_uid for r in out}
-        out += [result(ds, False, None, "association dropped") for ds in datasets if str(ds.SOPInstanceUID) not in done]
+        out += [
+            result(ds, False, None, "association dropped")
+            for ds in datasets
+            if str(ds.SOPInstanceUID) not in done
+        ]
     finally:
         if assoc.is_established:
             assoc.release()
@@ -119,7 +131,12 @@ def deliver(
     pending = list(datasets)
     for n in range(1, attempts + 1):
         results = send_once(
-            pending, dest, calling_ae=calling_ae, attempt=n, fallback=fallback, extra_sop_classes=extra_sop_classes
+            pending,
+            dest,
+            calling_ae=calling_ae,
+            attempt=n,
+            fallback=fallback,
+            extra_sop_classes=extra_sop_classes,
         )
         for r in results:
             on_attempt(r)
@@ -129,7 +146,12 @@ def deliver(
             log.info("delivery.ok", destination=str(dest), objects=len(datasets), attempts=n)
             return True
         errors = sorted({r.error or "" for r in results if not r.success})
-        log.warning("delivery.retry" if n < attempts else "delivery.failed", destination=str(dest), attempt=n, errors=errors)
+        log.warning(
+            "delivery.retry" if n < attempts else "delivery.failed",
+            destination=str(dest),
+            attempt=n,
+            errors=errors,
+        )
         if n < attempts:
             sleep(backoff_seconds * 2 ** (n - 1))
     return False

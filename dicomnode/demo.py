@@ -30,9 +30,12 @@ class DemoRow:
     seconds_to_result: float | None
 
 
-def run_demo(settings: Settings, *, studies: int = 6, seed: int | None = None, timeout: float = 180) -> list[DemoRow]:
+def run_demo(
+    settings: Settings, *, studies: int = 6, seed: int | None = None, timeout: float = 180
+) -> list[DemoRow]:
     """Run the demo end to end and return one row per study (also printed)."""
     from training.demo import ensure_demo_model
+
     from training.phantoms import write_phantom_studies
 
     model_path = settings.model_path
@@ -57,12 +60,20 @@ def run_demo(settings: Settings, *, studies: int = 6, seed: int | None = None, t
                 phantoms = write_phantom_studies(Path(tmp), studies, seed=seed, positive_fraction=0.5)
                 sent_at: dict[str, float] = {}
                 for st in phantoms:
-                    res = push_files(st.paths, "127.0.0.1", node.port, called_ae=node_settings.ae_title, calling_ae="MODALITY")
+                    res = push_files(
+                        st.paths,
+                        "127.0.0.1",
+                        node.port,
+                        called_ae=node_settings.ae_title,
+                        calling_ae="MODALITY",
+                    )
                     bad = [r for r in res if r.status != 0]
                     if bad:
                         raise RuntimeError(f"push refused: {bad}")
                     sent_at[st.study_uid] = time.time()
-                print(f"Pushed {len(phantoms)} studies ({sum(len(s.paths) for s in phantoms)} instances); waiting for results...")
+                print(
+                    f"Pushed {len(phantoms)} studies ({sum(len(s.paths) for s in phantoms)} instances); waiting for results..."
+                )
                 received = pacs.wait_for(2 * len(phantoms), timeout)
         finally:
             node.stop()
@@ -88,8 +99,12 @@ def run_demo(settings: Settings, *, studies: int = 6, seed: int | None = None, t
     now = datetime.now(timezone.utc)
     order = reading_order(
         [
-            WorklistEntry(study_uid=r.study_uid, priority=srs[r.study_uid][0].priority, probability=r.score,
-                          arrived_at=datetime.fromtimestamp(sent_at[r.study_uid], timezone.utc))
+            WorklistEntry(
+                study_uid=r.study_uid,
+                priority=srs[r.study_uid][0].priority,
+                probability=r.score,
+                arrived_at=datetime.fromtimestamp(sent_at[r.study_uid], timezone.utc),
+            )
             for r in rows
             if r.study_uid in srs
         ],
@@ -118,9 +133,13 @@ def _print_table(rows: list[DemoRow], quiet: float) -> None:
     neg = [r.score for r in rows if not r.truth_positive and r.score is not None]
     missing = sum(r.score is None for r in rows)
     print("-" * 70)
-    print(f"time-to-result = last instance sent -> SR stored at the PACS (includes the {quiet:g} s quiet period)")
+    print(
+        f"time-to-result = last instance sent -> SR stored at the PACS (includes the {quiet:g} s quiet period)"
+    )
     if pos and neg:
         sep = "yes" if min(pos) > max(neg) else "NO"
-        print(f"positives above negatives: {sep} (lowest positive {min(pos):.3f}, highest negative {max(neg):.3f})")
+        print(
+            f"positives above negatives: {sep} (lowest positive {min(pos):.3f}, highest negative {max(neg):.3f})"
+        )
     if missing:
         print(f"{missing} studies got no result in time: see the node's log above")

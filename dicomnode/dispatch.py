@@ -46,7 +46,9 @@ class InProcessRunner:
 
     def _run(self, study_uid: str, queued_at: datetime) -> Any:
         try:
-            return self._pipeline_instance().analyse_study(study_uid, queued_at=queued_at, execution="inprocess")
+            return self._pipeline_instance().analyse_study(
+                study_uid, queued_at=queued_at, execution="inprocess"
+            )
         except Exception:
             log.exception("dispatch.inprocess_failed", study_uid=study_uid)
             return None

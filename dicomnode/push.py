@@ -49,7 +49,9 @@ def push_files(
     # context in its own syntax (an acceptor takes the first syntax of a multi-syntax context).
     contexts = sorted({(cls, ts) for _, cls, ts in headers})
     if len(contexts) > 128:
-        raise ValueError("more than 128 SOP class/transfer syntax pairs in one push: send the files in batches")
+        raise ValueError(
+            "more than 128 SOP class/transfer syntax pairs in one push: send the files in batches"
+        )
     for cls, ts in contexts:
         ae.add_requested_context(cls, [ts])
     assoc = ae.associate(host, port, ae_title=called_ae)

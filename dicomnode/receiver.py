@@ -34,7 +34,9 @@ class Received:
 class Receiver:
     """A Storage SCP writing to ``out_dir/<study>/<series>/<sop>.dcm``; thread-safe record list."""
 
-    def __init__(self, out_dir: Path, *, ae_title: str = "PACS", host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, out_dir: Path, *, ae_title: str = "PACS", host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.out_dir = out_dir
         self.ae_title = ae_title
         self.host = host
@@ -51,7 +53,9 @@ class Receiver:
     def _on_store(self, event: evt.Event) -> int:
         ds = event.dataset
         ds.file_meta = event.file_meta
-        path = instance_path(self.out_dir, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+        path = instance_path(
+            self.out_dir, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+        )
         write_atomic(path, event.encoded_dataset())
         rec = Received(
             path,

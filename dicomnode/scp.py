@@ -20,8 +20,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import Verification
 
 from . import status
 from .storage import UnsafeUIDError, instance_path, move_atomic
@@ -40,9 +40,7 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
 #: The storage SOP classes we store: pynetdicom's full storage list.
-STORAGE_SOP_CLASSES: frozenset[str] = frozenset(
-    str(cx.abstract_syntax) for cx in StoragePresentationContexts
-)
+STORAGE_SOP_CLASSES: frozenset[str] = frozenset(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,9 @@ def _header(event: evt.Event) -> Any:
 class StoreHandler:
     """The EVT_C_STORE handler: validate, store durably, record, notify."""
 
-    def __init__(self, store: Store, instances_dir: Path, on_stored: Callable[[ReceivedInstance], None]) -> None:
+    def __init__(
+        self, store: Store, instances_dir: Path, on_stored: Callable[[ReceivedInstance], None]
+    ) -> None:
         self.store = store
         self.instances_dir = instances_dir
         self.on_stored = on_stored
@@ -84,7 +84,9 @@ class StoreHandler:
         sop_uid = str(req.AffectedSOPInstanceUID or "")
         bound = log.bind(calling_ae=ae, sop_instance_uid=sop_uid, sop_class_uid=sop_class)
         if sop_class not in STORAGE_SOP_CLASSES:
-            bound.warning("store.refused", reason="sop class not supported", status=status.SOP_CLASS_NOT_SUPPORTED)
+            bound.warning(
+                "store.refused", reason="sop class not supported", status=status.SOP_CLASS_NOT_SUPPORTED
+            )
             return status.SOP_CLASS_NOT_SUPPORTED
         try:
             ds = _header(event)
@@ -95,11 +97,31 @@ class StoreHandler:
             modality = str(ds.get("Modality", "") or "") or None
             accession = str(ds.get("AccessionNumber", "") or "") or None
             target = instance_path(self.instances_dir, study_uid, series_uid, ds_sop_uid)
-        except (InvalidDicomError, UnsafeUIDError, AttributeError, KeyError, ValueError, TypeError, EOFError, OSError) as exc:
-            bound.warning("store.refused", reason="cannot parse data set", error=type(exc).__name__, detail=str(exc)[:200], status=status.CANNOT_UNDERSTAND)
+        except (
+            InvalidDicomError,
+            UnsafeUIDError,
+            AttributeError,
+            KeyError,
+            ValueError,
+            TypeError,
+            EOFError,
+            OSError,
+        ) as exc:
+            bound.warning(
+                "store.refused",
+                reason="cannot parse data set",
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+                status=status.CANNOT_UNDERSTAND,
+            )
             return status.CANNOT_UNDERSTAND
         except Exception as exc:  # pydicom raises a zoo of errors on corrupt input
-            bound.warning("store.refused", reason="cannot parse data set", error=type(exc).__name__, status=status.CANNOT_UNDERSTAND)
+            bound.warning(
+                "store.refused",
+                reason="cannot parse data set",
+                error=type(exc).__name__,
+                status=status.CANNOT_UNDERSTAND,
+            )
             return status.CANNOT_UNDERSTAND
         if ds_sop_class != sop_class or ds_sop_uid != sop_uid:
             bound.warning(
@@ -118,7 +140,9 @@ class StoreHandler:
 
                 stored = write_atomic(target, event.encoded_dataset(include_meta=True))
         except OSError as exc:
-            bound.error("store.write_failed", study_uid=study_uid, error=str(exc), status=status.OUT_OF_RESOURCES)
+            bound.error(
+                "store.write_failed", study_uid=study_uid, error=str(exc), status=status.OUT_OF_RESOURCES
+            )
             return status.OUT_OF_RESOURCES
         try:
             outcome = record_instance(
@@ -140,7 +164,12 @@ class StoreHandler:
         except Exception as exc:
             # The file is whole but unrecorded; the start-up re-scan reconciles it. The sender
             # must retry, so we do not claim success.
-            bound.error("store.record_failed", study_uid=study_uid, error=type(exc).__name__, status=status.OUT_OF_RESOURCES)
+            bound.error(
+                "store.record_failed",
+                study_uid=study_uid,
+                error=type(exc).__name__,
+                status=status.OUT_OF_RESOURCES,
+            )
             return status.OUT_OF_RESOURCES
         bound.debug("store.ok", study_uid=study_uid, bytes=stored.size_bytes, duplicate=outcome.duplicate)
         self.on_stored(ReceivedInstance(study_uid, ds_sop_uid, ae))
@@ -193,4 +222,12 @@ def use_incoming_dir(path: Path) -> None:
     os.environ.setdefault("TMPDIR", str(path))
 
 
-__all__ = ["STORAGE_SOP_CLASSES", "ReceivedInstance", "StoreHandler", "build_ae", "handlers", "use_incoming_dir", "UID"]
+__all__ = [
+    "STORAGE_SOP_CLASSES",
+    "ReceivedInstance",
+    "StoreHandler",
+    "build_ae",
+    "handlers",
+    "use_incoming_dir",
+    "UID",
+]

@@ -131,9 +131,27 @@ class CeleryWorker:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "--concurrency", "1",
-             "-Q", settings.queue, "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
-             "--without-mingle", "--without-heartbeat"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.app",
+                "worker",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "-Q",
+                settings.queue,
+                "--hostname",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
             cwd=REPO,
             env=settings_env(settings),
             stdout=self._log,
@@ -176,7 +194,9 @@ def celery_worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], Celer
     workers: list[CeleryWorker] = []
 
     def start(settings: Settings) -> CeleryWorker:
-        w = CeleryWorker(settings, tmp_path / f"worker{len(workers)}.log", f"w{len(workers)}-{uuid.uuid4().hex[:6]}")
+        w = CeleryWorker(
+            settings, tmp_path / f"worker{len(workers)}.log", f"w{len(workers)}-{uuid.uuid4().hex[:6]}"
+        )
         workers.append(w)
         return w
 

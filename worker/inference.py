@@ -47,7 +47,9 @@ class PneumoniaModel:
         self.providers = self.session.get_providers()
         if "CUDAExecutionProvider" in PREFERRED_PROVIDERS and "CUDAExecutionProvider" not in self.providers:
             log.info("inference.cpu", reason="CUDAExecutionProvider not available", providers=self.providers)
-        log.info("inference.loaded", model=self.card.name, version=self.card.version, providers=self.providers)
+        log.info(
+            "inference.loaded", model=self.card.name, version=self.card.version, providers=self.providers
+        )
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities [N] and class-activation maps [N, h, w] for preprocessed images [N, 1, S, S]."""

@@ -18,20 +18,16 @@ import numpy as np
 import pydicom
 import structlog
 from pydicom import Dataset
-from pydicom.uid import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForProcessing,
-    DigitalXRayImageStorageForPresentation,
-    EnhancedSRStorage,
-)
+from pydicom.uid import EnhancedSRStorage
 
 from dicomnode.config import Settings
 from dicomnode.delivery import AttemptResult, deliver
 from dicomnode.results import Finding, build_heatmap_sc, build_sr, result_uids
+from dicomnode.selection import Decision, select
 from dicomnode.storage import write_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
-from dicomnode.store.queries import as_utc, latest_analysis, study_instances, study_state
+from dicomnode.store.queries import latest_analysis, study_instances, study_state
 from dicomnode.store.records import (
     record_delivery_attempt,
     set_study_state,
@@ -43,12 +39,6 @@ from training.preprocess import preprocess
 from .inference import PneumoniaModel
 
 log = structlog.get_logger("worker.pipeline")
-
-#: SOP classes the chest model reads (projection radiography).
-MODEL_SOP_CLASSES = frozenset(
-    {str(ComputedRadiographyImageStorage), str(DigitalXRayImageStorageForPresentation), str(DigitalXRayImageStorageForProcessing)}
-)
-LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"})
 
 
 @dataclass(frozen=True)
@@ -62,18 +52,6 @@ class StudyOutcome:
     reason: str | None = None
     skipped: bool = False  # already analysed with this model: nothing done (idempotent re-delivery)
     result_paths: tuple[Path, ...] = field(default_factory=tuple)
-
-
-def select_for_model(ds: Dataset) -> str | None:
-    """None if the model should read this instance, else why not."""
-    if str(ds.get("SOPClassUID", "")) not in MODEL_SOP_CLASSES:
-        return f"SOP class {ds.get('SOPClassUID', '?')} is not CR/DX"
-    view = str(ds.get("ViewPosition", "") or "").upper()
-    if view in LATERAL_VIEWS:
-        return f"lateral view ({view})"
-    if "PixelData" not in ds:
-        return "no pixel data"
-    return None
 
 
 def _encode(ds: Dataset) -> bytes:
@@ -109,47 +87,71 @@ class Pipeline:
         """Analyse one complete study and deliver its results; records every step in SQL."""
         if self.already_done(study_uid):
             log.info("study.skipped", study_uid=study_uid, reason="already analysed with this model")
-            return StudyOutcome(study_uid, study_state(self.store, study_uid) or StudyState.DELIVERED, skipped=True)
+            return StudyOutcome(
+                study_uid, study_state(self.store, study_uid) or StudyState.DELIVERED, skipped=True
+            )
         card = self.model.card
         bound = log.bind(study_uid=study_uid, model_version=card.version)
         analysis_id = start_analysis(
-            self.store, study_uid, model_name=card.name, model_version=card.version, queued_at=queued_at, execution=execution
+            self.store,
+            study_uid,
+            model_name=card.name,
+            model_version=card.version,
+            queued_at=queued_at,
+            execution=execution,
         )
         try:
             return self._run(study_uid, analysis_id, bound)
         except Exception as exc:
             bound.exception("study.failed")
-            update_analysis(self.store, analysis_id, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=utcnow())
+            update_analysis(
+                self.store, analysis_id, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=utcnow()
+            )
             set_study_state(self.store, study_uid, StudyState.FAILED, f"{type(exc).__name__}: {exc}"[:500])
             raise
 
-    def _run(self, study_uid: str, analysis_id: int, bound: structlog.typing.FilteringBoundLogger) -> StudyOutcome:
+    def _run(
+        self, study_uid: str, analysis_id: int, bound: structlog.typing.FilteringBoundLogger
+    ) -> StudyOutcome:
         card = self.model.card
         t0 = time.perf_counter()
         sources: list[Dataset] = []
         images: list[np.ndarray] = []
-        skipped: list[str] = []
+        decisions: list[Decision] = []
+        rules = self.settings.selection_rules
         for inst in study_instances(self.store, study_uid):
             try:
                 ds = pydicom.dcmread(inst.path)
             except Exception as exc:
-                skipped.append(f"{inst.sop_instance_uid}: unreadable ({type(exc).__name__})")
+                decisions.append(Decision(inst.sop_instance_uid, False, f"unreadable ({type(exc).__name__})"))
                 continue
-            why = select_for_model(ds)
-            if why is None:
+            d = select(ds, rules)
+            if d.selected:
                 try:
                     images.append(preprocess(ds, self.model.preprocess_config))
                     sources.append(ds)
-                    continue
                 except Exception as exc:  # undecodable pixel data, multi-frame, colour...
-                    why = f"cannot preprocess ({type(exc).__name__}: {exc})"
-            skipped.append(f"{inst.sop_instance_uid}: {why}")
-        update_analysis(self.store, analysis_id, preprocessed_at=utcnow(), instances_analysed=len(sources))
+                    d = Decision(
+                        d.sop_instance_uid, False, f"cannot preprocess ({type(exc).__name__}: {exc})"[:300]
+                    )
+            decisions.append(d)
+        update_analysis(
+            self.store,
+            analysis_id,
+            preprocessed_at=utcnow(),
+            instances_analysed=len(sources),
+            selection=[d.as_dict() for d in decisions],
+        )
         if not sources:
-            reason = "no instance the model can read: " + "; ".join(skipped)[:900] if skipped else "study has no instances"
+            reasons = sorted({d.reason for d in decisions})
+            reason = (
+                ("no instance the model can read: " + "; ".join(reasons))[:900]
+                if decisions
+                else "study has no instances"
+            )
             update_analysis(self.store, analysis_id, error=reason, finished_at=utcnow())
             set_study_state(self.store, study_uid, StudyState.NOT_APPLICABLE, reason)
-            bound.info("study.not_applicable", skipped=len(skipped))
+            bound.info("study.not_applicable", instances=len(decisions))
             return StudyOutcome(study_uid, StudyState.NOT_APPLICABLE, reason=reason)
 
         probs, cams = self.model.predict(np.stack(images))
@@ -228,15 +230,24 @@ class Pipeline:
             state = StudyState.DELIVERED
         else:
             state = StudyState.DELIVERY_FAILED
-        update_analysis(self.store, analysis_id, delivered_at=now if all_ok and self.settings.destinations else None, finished_at=now)
+        update_analysis(
+            self.store,
+            analysis_id,
+            delivered_at=now if all_ok and self.settings.destinations else None,
+            finished_at=now,
+        )
         set_study_state(
             self.store,
             study_uid,
             state,
-            None if state is not StudyState.DELIVERY_FAILED else "retry budget exhausted; re-send with `dicomnode resend`",
+            None
+            if state is not StudyState.DELIVERY_FAILED
+            else "retry budget exhausted; re-send with `dicomnode resend`",
             only_from=(StudyState.ANALYSING,),
         )
-        return StudyOutcome(study_uid, state, finding.probability, finding.priority.value, result_paths=tuple(paths))
+        return StudyOutcome(
+            study_uid, state, finding.probability, finding.priority.value, result_paths=tuple(paths)
+        )
 
 
 def execution_label(kind: str) -> str:
@@ -244,4 +255,4 @@ def execution_label(kind: str) -> str:
     return kind if kind == "inprocess" else f"{kind}:{socket.gethostname()}"[:32]
 
 
-__all__ = ["Pipeline", "StudyOutcome", "select_for_model", "execution_label", "as_utc"]
+__all__ = ["Pipeline", "StudyOutcome", "execution_label"]

@@ -97,6 +97,8 @@ class Analysis(Base):
     finding_present: Mapped[bool | None] = mapped_column(Boolean)
     priority: Mapped[str | None] = mapped_column(String(16))
     instances_analysed: Mapped[int] = mapped_column(Integer, default=0)
+    #: per-instance selection decisions: [{"sop_instance_uid", "selected", "reason"}]
+    selection: Mapped[list | None] = mapped_column(JSON)
     sr_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     sc_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     error: Mapped[str | None] = mapped_column(Text)

@@ -105,7 +105,12 @@ def _record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
 
 
 def set_study_state(
-    store: Store, study_uid: str, state: StudyState, reason: str | None = None, *, only_from: tuple[StudyState, ...] = ()
+    store: Store,
+    study_uid: str,
+    state: StudyState,
+    reason: str | None = None,
+    *,
+    only_from: tuple[StudyState, ...] = (),
 ) -> bool:
     """Move a study to ``state`` (optionally only from given states); True if a row changed."""
     values: dict[str, Any] = {"state": state.value, "state_reason": reason, "updated_at": utcnow()}
@@ -117,12 +122,24 @@ def set_study_state(
             stmt = stmt.where(Study.state.in_([x.value for x in only_from]))
         changed = s.execute(stmt.values(**values)).rowcount > 0
         if changed:
-            s.add(Event(kind=f"study.{state.value}", study_uid=study_uid, detail={"reason": reason} if reason else None))
+            s.add(
+                Event(
+                    kind=f"study.{state.value}",
+                    study_uid=study_uid,
+                    detail={"reason": reason} if reason else None,
+                )
+            )
     return changed
 
 
 def start_analysis(
-    store: Store, study_uid: str, *, model_name: str, model_version: str, queued_at: datetime | None, execution: str
+    store: Store,
+    study_uid: str,
+    *,
+    model_name: str,
+    model_version: str,
+    queued_at: datetime | None,
+    execution: str,
 ) -> int:
     """Create the analysis row for a study and mark the study ANALYSING; returns the row id."""
     with store.session() as s:
@@ -140,7 +157,13 @@ def start_analysis(
         )
         s.add(a)
         s.flush()
-        s.add(Event(kind="analysis.started", study_uid=study_uid, detail={"model_version": model_version, "execution": execution}))
+        s.add(
+            Event(
+                kind="analysis.started",
+                study_uid=study_uid,
+                detail={"model_version": model_version, "execution": execution},
+            )
+        )
         return a.id
 
 

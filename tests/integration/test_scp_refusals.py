@@ -75,7 +75,9 @@ def test_unparseable_dataset_gets_c210_and_nothing_is_stored(bare_node: Node, tm
     files = [
         _raw_file(tmp_path / "garbage.dcm", ct, generate_uid(), garbage),
         # a valid start, then cut off mid-element
-        _raw_file(tmp_path / "truncated.dcm", ct, generate_uid(), b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4"),
+        _raw_file(
+            tmp_path / "truncated.dcm", ct, generate_uid(), b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4"
+        ),
     ]
     results = push_files(files, "127.0.0.1", bare_node.port)
     assert [r.status for r in results] == [status.CANNOT_UNDERSTAND] * 2

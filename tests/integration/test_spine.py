@@ -97,21 +97,36 @@ def test_study_round_trip_delivers_sr_and_sc_and_records_analysis(
         assert a.model_version == summary.model_version and a.model_version
         assert a.priority == summary.priority.value
         assert a.sr_sop_instance_uid == sr_ds.SOPInstanceUID
-        stamps = [as_utc(x) for x in (a.queued_at, a.started_at, a.preprocessed_at, a.inferred_at, a.results_built_at, a.delivered_at, a.finished_at)]
+        stamps = [
+            as_utc(x)
+            for x in (
+                a.queued_at,
+                a.started_at,
+                a.preprocessed_at,
+                a.inferred_at,
+                a.results_built_at,
+                a.delivered_at,
+                a.finished_at,
+            )
+        ]
         assert all(s is not None for s in stamps), stamps
         assert stamps == sorted(stamps)  # type: ignore[type-var]
         assert a.execution.startswith("celery:" if mode == "celery" else "inprocess")
         with store.session() as sess:
             attempts = sess.scalars(select(DeliveryAttempt).where(DeliveryAttempt.analysis_id == a.id)).all()
         assert {(x.sop_instance_uid, x.success, x.status) for x in attempts} == {
-            (sr_rec.sop_instance_uid, True, 0), (sc_rec.sop_instance_uid, True, 0)
+            (sr_rec.sop_instance_uid, True, 0),
+            (sc_rec.sop_instance_uid, True, 0),
         }
     finally:
         store.dispose()
 
 
 def test_positive_phantoms_score_above_negative_ones(
-    tmp_path: Path, make_settings: Callable[..., Settings], node_factory: Callable[[Settings], Node], pacs: Receiver
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    node_factory: Callable[[Settings], Node],
+    pacs: Receiver,
 ) -> None:
     node = node_factory(make_settings())
     studies = write_phantom_studies(tmp_path / "in", 6, seed=99, positive_fraction=0.5)

@@ -10,7 +10,9 @@ from dicomnode.config import ConfigError, Destination, load_settings
 def test_defaults_need_nothing_configured() -> None:
     s = load_settings(env={})
     assert (s.ae_title, s.port, s.quiet_seconds, s.broker_url) == ("DICOMNODE", 11112, 5.0, "")
-    assert s.effective_database_url.startswith("sqlite:///") and s.effective_database_url.endswith("dicomnode.sqlite3")
+    assert s.effective_database_url.startswith("sqlite:///") and s.effective_database_url.endswith(
+        "dicomnode.sqlite3"
+    )
     assert s.model_path.name == "pneumonia-demo.onnx"
 
 
@@ -51,7 +53,9 @@ def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
         load_settings(f, env={})
 
 
-def test_cli_reports_config_error_and_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_reports_config_error_and_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dicomnode.cli import main
 
     monkeypatch.setenv("DICOMNODE_PORT", "notaport")

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.storage import UnsafeUIDError, instance_path, move_atomic, sha256_of, sweep_partial_writes, write_atomic
+from dicomnode.storage import (
+    UnsafeUIDError,
+    instance_path,
+    move_atomic,
+    sha256_of,
+    sweep_partial_writes,
+    write_atomic,
+)
 
 
 def test_write_atomic_leaves_whole_file_and_no_temp(tmp_path: Path) -> None:
