@@ -1,4 +1,4 @@
-"""``dicomnode`` command line: serve, worker, demo, push, echo, results, migrate."""
+"""``dicomnode`` command line: serve, worker, demo, push, echo, results, worklist, resend, migrate."""
 
 from __future__ import annotations
 
@@ -119,6 +119,52 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worklist(args: argparse.Namespace) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from .push import expand
+    from .results import reading_order
+    from .worklist import entries_from_srs, entries_from_store, render
+
+    if args.sr_dir:
+        entries, skipped = entries_from_srs(expand([Path(args.sr_dir)]))
+        for line in skipped:
+            print(f"skipped {line}", file=sys.stderr)
+    else:
+        from .store.db import Store
+
+        entries = entries_from_store(Store(_settings(args).effective_database_url))
+    ranked = reading_order(entries, now=datetime.now(timezone.utc), max_wait=timedelta(minutes=args.max_wait))
+    print(render(ranked, args.format))
+    return 0
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    from .store.db import Store
+    from .store.models import StudyState
+    from .store.queries import studies_in_state
+
+    s = _settings(args)
+    configure_logging(s.log_level, s.log_format)
+    if not s.destinations:
+        raise ConfigError("nothing to re-send to: set DICOMNODE_DESTINATIONS, e.g. PACS@10.0.0.5:104")
+    from worker.pipeline import resend
+
+    store = Store(s.effective_database_url)
+    uids = list(args.study_uids)
+    if args.failed:
+        uids += [uid for uid, _ in studies_in_state(store, StudyState.DELIVERY_FAILED)]
+    if not uids:
+        print("no study to re-send (give study UIDs or --failed)")
+        return 0
+    worst = 0
+    for uid in uids:
+        state = resend(s, store, uid)
+        print(f"{uid}: {state.value}")
+        worst = max(worst, 0 if state is StudyState.DELIVERED else 1)
+    return worst
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .store.db import downgrade, migrate
 
@@ -178,6 +224,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--format", choices=["table", "json"], default="table")
     sp.set_defaults(func=cmd_results)
+
+    sp = sub.add_parser("worklist", help="reading order: urgent first, then by arrival; long waits raised")
+    sp.add_argument("--sr-dir", help="read result SRs from this folder instead of the node's SQL")
+    sp.add_argument("--storage-dir")
+    sp.add_argument(
+        "--max-wait",
+        type=float,
+        default=240,
+        help="minutes after which a routine study joins the urgent band",
+    )
+    sp.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    sp.set_defaults(func=cmd_worklist)
+
+    sp = sub.add_parser(
+        "resend", help="deliver results again (e.g. after a PACS outage outlasted the retries)"
+    )
+    sp.add_argument("study_uids", nargs="*")
+    sp.add_argument("--failed", action="store_true", help="every study whose delivery failed")
+    sp.add_argument("--storage-dir")
+    sp.set_defaults(func=cmd_resend)
 
     sp = sub.add_parser(
         "migrate", help="bring the database schema up to date (the node also does this at start)"

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -21,7 +22,7 @@ from pydicom import Dataset
 from pydicom.uid import EnhancedSRStorage
 
 from dicomnode.config import Settings
-from dicomnode.delivery import AttemptResult, deliver
+from dicomnode.delivery import AttemptResult, Fallback, deliver
 from dicomnode.results import Finding, build_heatmap_sc, build_sr, result_uids
 from dicomnode.selection import Decision, select
 from dicomnode.storage import write_atomic
@@ -198,56 +199,100 @@ class Pipeline:
                 return build_sr(sources, finding, card, uids=uids, enhanced=True)
             return None
 
-        def record(r: AttemptResult) -> None:
-            record_delivery_attempt(
-                self.store,
-                analysis_id,
-                destination=r.destination,
-                sop_instance_uid=r.sop_instance_uid,
-                attempt=r.attempt,
-                success=r.success,
-                status=r.status,
-                error=r.error,
-            )
-
-        all_ok = True
-        for dest in self.settings.destinations:
-            ok = deliver(
-                [sr, sc],
-                dest,
-                calling_ae=self.settings.ae_title,
-                attempts=self.settings.delivery_attempts,
-                backoff_seconds=self.settings.delivery_backoff_seconds,
-                on_attempt=record,
-                fallback=enhanced,
-                extra_sop_classes=[str(EnhancedSRStorage)],
-            )
-            all_ok = all_ok and ok
-        now = utcnow()
-        if not self.settings.destinations:
-            state = StudyState.ANALYSED
-        elif all_ok:
-            state = StudyState.DELIVERED
-        else:
-            state = StudyState.DELIVERY_FAILED
-        update_analysis(
-            self.store,
-            analysis_id,
-            delivered_at=now if all_ok and self.settings.destinations else None,
-            finished_at=now,
-        )
-        set_study_state(
-            self.store,
-            study_uid,
-            state,
-            None
-            if state is not StudyState.DELIVERY_FAILED
-            else "retry budget exhausted; re-send with `dicomnode resend`",
-            only_from=(StudyState.ANALYSING,),
+        state = deliver_results(
+            self.settings, self.store, study_uid, analysis_id, [sr, sc], fallback=enhanced
         )
         return StudyOutcome(
             study_uid, state, finding.probability, finding.priority.value, result_paths=tuple(paths)
         )
+
+
+def deliver_results(
+    settings: Settings,
+    store: Store,
+    study_uid: str,
+    analysis_id: int,
+    datasets: list[Dataset],
+    *,
+    fallback: Fallback | None = None,
+    finishing: bool = True,
+) -> StudyState:
+    """C-STORE ``datasets`` to every destination with retries, record each attempt, set the state.
+
+    ``finishing`` stamps the analysis finished (first delivery); a re-send leaves that stamp alone.
+    """
+
+    def record(r: AttemptResult) -> None:
+        record_delivery_attempt(
+            store,
+            analysis_id,
+            destination=r.destination,
+            sop_instance_uid=r.sop_instance_uid,
+            attempt=r.attempt,
+            success=r.success,
+            status=r.status,
+            error=r.error,
+        )
+
+    all_ok = True
+    for dest in settings.destinations:
+        ok = deliver(
+            datasets,
+            dest,
+            calling_ae=settings.ae_title,
+            attempts=settings.delivery_attempts,
+            backoff_seconds=settings.delivery_backoff_seconds,
+            on_attempt=record,
+            fallback=fallback,
+            extra_sop_classes=[str(EnhancedSRStorage)],
+        )
+        all_ok = all_ok and ok
+    now = utcnow()
+    if not settings.destinations:
+        state = StudyState.ANALYSED
+    elif all_ok:
+        state = StudyState.DELIVERED
+    else:
+        state = StudyState.DELIVERY_FAILED
+    values: dict[str, Any] = {}
+    if all_ok and settings.destinations:
+        values["delivered_at"] = now
+    if finishing:
+        values["finished_at"] = now
+    if values:
+        update_analysis(store, analysis_id, **values)
+    reason = None
+    if state is StudyState.DELIVERY_FAILED:
+        reason = f"retry budget exhausted; re-send with `dicomnode resend {study_uid}`"
+    set_study_state(
+        store,
+        study_uid,
+        state,
+        reason,
+        only_from=(
+            StudyState.ANALYSING,
+            StudyState.DELIVERY_FAILED,
+            StudyState.DELIVERED,
+            StudyState.ANALYSED,
+        ),
+    )
+    return state
+
+
+def resend(settings: Settings, store: Store, study_uid: str) -> StudyState:
+    """Deliver a study's latest results again (after a destination was down past the retries)."""
+    a = latest_analysis(store, study_uid)
+    if a is None or not a.sr_sop_instance_uid or not a.sc_sop_instance_uid:
+        raise LookupError(f"study {study_uid} has no results to send: `dicomnode results` lists what exists")
+    folder = settings.results_dir / study_uid
+    datasets = []
+    for uid in (a.sr_sop_instance_uid, a.sc_sop_instance_uid):
+        path = folder / f"{uid}.dcm"
+        if not path.is_file():
+            raise FileNotFoundError(f"result file {path} is missing: re-run the analysis instead")
+        datasets.append(pydicom.dcmread(path))
+    log.info("study.resend", study_uid=study_uid, analysis_id=a.id)
+    return deliver_results(settings, store, study_uid, a.id, datasets, finishing=False)
 
 
 def execution_label(kind: str) -> str:
@@ -255,4 +300,4 @@ def execution_label(kind: str) -> str:
     return kind if kind == "inprocess" else f"{kind}:{socket.gethostname()}"[:32]
 
 
-__all__ = ["Pipeline", "StudyOutcome", "execution_label"]
+__all__ = ["Pipeline", "StudyOutcome", "deliver_results", "execution_label", "resend"]
