@@ -49,7 +49,9 @@ class Settings:
     storage_dir: Path = Path("dicomnode-data")
     database_url: str = ""  # empty: SQLite file under storage_dir
     broker_url: str = ""  # empty: in-process execution
-    queue: str = "dicomnode"
+    queue: str = "gpu"  # Celery queue the inference tasks go to (run GPU workers on it)
+    task_time_limit: float = 600.0  # seconds; a task past it is killed and retried
+    visibility_timeout: float = 3600.0  # seconds before Redis re-delivers an unacknowledged task
     destinations: tuple[Destination, ...] = ()
     quiet_seconds: float = 5.0
     model: Path | None = None  # None: the bundled demo model under storage_dir
@@ -60,6 +62,19 @@ class Settings:
     select_views: tuple[str, ...] = ("PA", "AP", "")
     log_format: str = "console"  # console | json
     log_level: str = "info"
+    # --- receiving (SCP) ---
+    allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE may associate
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key the SCP speaks TLS only
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # PEM CA bundle: when set, peers must present a certificate it signed
+    max_associations: int = 10
+    acse_timeout_seconds: float = 30.0  # association negotiation / release
+    dimse_timeout_seconds: float = 60.0  # waiting for a DIMSE message inside an association
+    network_timeout_seconds: float = 60.0  # silence on an open association before it is dropped
+    max_pdu_bytes: int = 1 << 20  # largest PDU we accept (0: unlimited, a whole image may arrive in one)
+    duplicate_policy: str = "overwrite"  # overwrite | ignore: a SOP Instance UID already stored
+    fsync: bool = True  # fsync files and folders before Success; false only for disposable nodes
+    shutdown_grace_seconds: float = 30.0  # SIGTERM: how long open associations may finish
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -126,12 +141,51 @@ _CASTS: dict[str, Any] = {
     "broker_url": str,
     "queue": str,
     "quiet_seconds": float,
+    "task_time_limit": float,
+    "visibility_timeout": float,
     "model": Path,
     "delivery_attempts": int,
     "delivery_backoff_seconds": float,
     "log_format": str,
     "log_level": str,
+    "tls_cert": Path,
+    "tls_key": Path,
+    "tls_ca": Path,
+    "max_associations": int,
+    "acse_timeout_seconds": float,
+    "dimse_timeout_seconds": float,
+    "network_timeout_seconds": float,
+    "max_pdu_bytes": int,
+    "duplicate_policy": lambda v: str(v).strip().lower(),
+    "shutdown_grace_seconds": float,
 }
+
+DUPLICATE_POLICIES = ("overwrite", "ignore")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse_bool(key: str, value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in _TRUE or v in _FALSE:
+        return v in _TRUE
+    raise ConfigError(f"{key}={value!r} is not a boolean: use true or false")
+
+
+def parse_ae_list(value: str | list[str], key: str = "DICOMNODE_ALLOWED_CALLING_AES") -> tuple[str, ...]:
+    """AE titles, comma-separated (env) or a list (TOML); case is kept (AE titles are case-sensitive)."""
+    items = value if isinstance(value, list) else value.split(",")
+    out = []
+    for raw in items:
+        ae = str(raw).strip()
+        if not ae:
+            continue
+        if not _AE_RE.match(ae):
+            raise ConfigError(f"{key} entry {ae!r}: an AE title is 1-16 printable characters, e.g. MODALITY1")
+        out.append(ae)
+    return tuple(out)
 
 
 def _parse_list(value: str | list[str]) -> tuple[str, ...]:
@@ -150,6 +204,10 @@ _LIST_FIELDS = {"select_modalities", "select_body_parts", "select_views"}
 def _cast(key: str, name: str, value: Any) -> Any:
     if name == "destinations":
         return parse_destinations(value, key)
+    if name == "allowed_calling_aes":
+        return parse_ae_list(value, key)
+    if name == "fsync":
+        return _parse_bool(key, value)
     if name in _LIST_FIELDS:
         return _parse_list(value)
     caster = _CASTS[name]
@@ -169,6 +227,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError(f"DICOMNODE_PORT={s.port}: use 0-65535 (0 picks a free port)")
     if s.quiet_seconds < 0:
         raise ConfigError(f"DICOMNODE_QUIET_SECONDS={s.quiet_seconds}: must be >= 0")
+    if s.task_time_limit <= 0 or s.visibility_timeout <= 0:
+        raise ConfigError("DICOMNODE_TASK_TIME_LIMIT and DICOMNODE_VISIBILITY_TIMEOUT must be > 0")
     if s.delivery_attempts < 1:
         raise ConfigError(f"DICOMNODE_DELIVERY_ATTEMPTS={s.delivery_attempts}: must be >= 1")
     if s.broker_url and not s.broker_url.startswith(("redis://", "rediss://", "amqp://", "memory://")):
@@ -180,10 +240,46 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError(f"DICOMNODE_LOG_FORMAT={s.log_format!r}: use console or json")
     if s.model is not None and s.model.suffix != ".onnx":
         raise ConfigError(f"DICOMNODE_MODEL={str(s.model)!r}: point it at an .onnx file")
+    _validate_receiving(s)
     return s
 
 
-_FIELDS = set(_CASTS) | {"destinations"} | _LIST_FIELDS
+def _validate_receiving(s: Settings) -> None:
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise ConfigError(
+            "DICOMNODE_TLS_CERT and DICOMNODE_TLS_KEY go together: set both (PEM files) for TLS, or neither"
+        )
+    if s.tls_ca is not None and s.tls_cert is None:
+        raise ConfigError(
+            "DICOMNODE_TLS_CA needs DICOMNODE_TLS_CERT and DICOMNODE_TLS_KEY: client "
+            "certificates are only checked on a TLS port"
+        )
+    for key, path in (("TLS_CERT", s.tls_cert), ("TLS_KEY", s.tls_key), ("TLS_CA", s.tls_ca)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"DICOMNODE_{key}={str(path)!r}: no such file (a PEM file is expected)")
+    if s.max_associations < 1:
+        raise ConfigError(f"DICOMNODE_MAX_ASSOCIATIONS={s.max_associations}: must be >= 1")
+    for key, v in (
+        ("ACSE_TIMEOUT_SECONDS", s.acse_timeout_seconds),
+        ("DIMSE_TIMEOUT_SECONDS", s.dimse_timeout_seconds),
+        ("NETWORK_TIMEOUT_SECONDS", s.network_timeout_seconds),
+    ):
+        if not v > 0:
+            raise ConfigError(f"DICOMNODE_{key}={v}: must be > 0 seconds")
+    if s.shutdown_grace_seconds < 0:
+        raise ConfigError(f"DICOMNODE_SHUTDOWN_GRACE_SECONDS={s.shutdown_grace_seconds}: must be >= 0")
+    if s.max_pdu_bytes != 0 and not 4096 <= s.max_pdu_bytes <= (1 << 31) - 1:
+        raise ConfigError(
+            f"DICOMNODE_MAX_PDU_BYTES={s.max_pdu_bytes}: use 0 (unlimited) or 4096..2147483647, e.g. 1048576"
+        )
+    if s.duplicate_policy not in DUPLICATE_POLICIES:
+        raise ConfigError(
+            f"DICOMNODE_DUPLICATE_POLICY={s.duplicate_policy!r}: use overwrite (replace the stored file) "
+            "or ignore (keep the first)"
+        )
+
+
+_FIELDS = set(_CASTS) | {"destinations", "allowed_calling_aes", "fsync"} | _LIST_FIELDS
 
 
 def load_settings(config_file: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -26,7 +26,12 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         result_expires=24 * 3600,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600},
+        # A task whose worker died (acks_late: never acknowledged) is re-delivered after this.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(settings.task_time_limit - 30, settings.task_time_limit * 0.9),
+        task_routes={"dicomnode.analyse_study": {"queue": settings.queue}},
         worker_hijack_root_logger=False,
     )
     return app

@@ -9,6 +9,8 @@ import threading
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from dicomnode.config import load_settings
 
 from .app import app
@@ -27,7 +29,20 @@ def get_pipeline() -> Pipeline:
         return _pipeline
 
 
-@app.task(name="dicomnode.analyse_study", acks_late=True, reject_on_worker_lost=True)
+#: Errors worth another try later (database or broker hiccups, a full or busy disk).
+TRANSIENT_ERRORS = (OperationalError, OSError)
+
+
+@app.task(
+    name="dicomnode.analyse_study",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=5,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+)
 def analyse_study(study_uid: str, queued_at: str | None = None) -> dict[str, Any]:
     """Analyse one complete study (idempotent: a re-delivered task finds it done and returns)."""
     outcome = get_pipeline().analyse_study(
