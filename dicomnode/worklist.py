@@ -61,7 +61,8 @@ def entries_from_srs(paths: Iterable[Path]) -> tuple[list[WorklistEntry], list[s
             skipped.append(f"{p}: {exc}")
             continue
         at = sr.observed_at or datetime.fromtimestamp(p.stat().st_mtime)
-        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        # highdicom writes Content Date/Time in the producing node's local time: naive means local
+        at = at if at.tzinfo else at.astimezone(timezone.utc)
         e = WorklistEntry(sr.study_uid, sr.priority, sr.probability, at)
         if sr.study_uid not in latest or latest[sr.study_uid][0] < at:
             latest[sr.study_uid] = (at, e)

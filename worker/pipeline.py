@@ -28,7 +28,7 @@ from dicomnode.selection import Decision, select
 from dicomnode.storage import write_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
-from dicomnode.store.queries import latest_analysis, study_instances, study_state
+from dicomnode.store.queries import delivered_objects, latest_analysis, study_instances, study_state
 from dicomnode.store.records import (
     record_delivery_attempt,
     set_study_state,
@@ -234,10 +234,16 @@ def deliver_results(
             error=r.error,
         )
 
+    # A re-delivered task (its worker died after sending) must not send a second copy.
+    done = delivered_objects(store, study_uid)
     all_ok = True
     for dest in settings.destinations:
+        todo = [ds for ds in datasets if (str(dest), str(ds.SOPInstanceUID)) not in done]
+        if not todo:
+            log.info("delivery.already_done", study_uid=study_uid, destination=str(dest))
+            continue
         ok = deliver(
-            datasets,
+            todo,
             dest,
             calling_ae=settings.ae_title,
             attempts=settings.delivery_attempts,

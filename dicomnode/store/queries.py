@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 
 from .db import Store
-from .models import Analysis, Instance, Study, StudyState
+from .models import Analysis, DeliveryAttempt, Instance, Study, StudyState
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -28,6 +28,19 @@ def study_instances(store: Store, study_uid: str) -> list[Instance]:
             .order_by(Instance.received_at, Instance.id)
         )
         return list(s.scalars(stmt))
+
+
+def instance_by_sop_uid(store: Store, sop_instance_uid: str) -> Instance | None:
+    """The instance row of a SOP Instance UID, or None if it was never stored."""
+    with store.session() as s:
+        return s.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+
+
+def instance_locations(store: Store) -> dict[str, str]:
+    """Every recorded instance as {file path: SOP Instance UID} (the start-up re-scan compares it
+    with the files on disk)."""
+    with store.session() as s:
+        return {path: uid for path, uid in s.execute(select(Instance.path, Instance.sop_instance_uid))}
 
 
 def study_state(store: Store, study_uid: str) -> StudyState | None:
@@ -108,3 +121,20 @@ def result_rows(store: Store, limit: int = 100) -> list[ResultRow]:
                 )
             )
     return out
+
+
+def delivered_objects(store: Store, study_uid: str) -> set[tuple[str, str]]:
+    """(destination, SOP Instance UID) pairs already stored at a destination for the study's
+    current content (by analyses that started after its last instance arrived)."""
+    with store.session() as s:
+        rows = s.execute(
+            select(DeliveryAttempt.destination, DeliveryAttempt.sop_instance_uid)
+            .join(Analysis, DeliveryAttempt.analysis_id == Analysis.id)
+            .join(Study, Analysis.study_id == Study.id)
+            .where(
+                Study.study_uid == study_uid,
+                DeliveryAttempt.success.is_(True),
+                Analysis.started_at >= Study.last_received_at,
+            )
+        ).all()
+    return {(d, u) for d, u in rows}

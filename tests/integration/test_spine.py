@@ -47,7 +47,9 @@ def test_study_round_trip_delivers_sr_and_sc_and_records_analysis(
     celery_worker_factory: Callable[[Settings], CeleryWorker],
     celery_queue: str,
     pg_url: str,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    worker = None
     if mode == "celery":
         from tests.conftest import REDIS_URL
 
@@ -56,7 +58,7 @@ def test_study_round_trip_delivers_sr_and_sc_and_records_analysis(
         from dicomnode.store.db import migrate
 
         migrate(settings.effective_database_url)
-        celery_worker_factory(settings)
+        worker = celery_worker_factory(settings)
     else:
         settings = make_settings()
     node = node_factory(settings)
@@ -120,6 +122,13 @@ def test_study_round_trip_delivers_sr_and_sc_and_records_analysis(
         }
     finally:
         store.dispose()
+
+    # patient name and ID never reach the logs (node, pipeline, worker process)
+    out, err = capfd.readouterr()
+    logs = out + err + (worker.log_path.read_text() if worker else "")
+    assert "study.analysed" in logs  # the logs were captured at all
+    for secret in (study.patient_name, study.patient_id, str(source.PatientName), str(source.PatientID)):
+        assert secret and secret not in logs, f"patient data {secret!r} found in logs"
 
 
 def test_positive_phantoms_score_above_negative_ones(

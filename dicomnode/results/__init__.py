@@ -1,0 +1,31 @@
+"""Results of the pneumonia triage as DICOM: the SR, the heatmap SC, and the reading order.
+
+Pure functions of typed inputs (a :class:`Finding`, a :class:`training.card.ModelCard`, source
+datasets); nothing here reads config, touches the database or the network.
+
+>>> finding = Finding(probability=0.87, threshold=0.5)
+>>> finding.present, finding.priority.value
+(True, 'urgent')
+"""
+
+from .finding import Finding, Priority
+from .reader import SRSummary, read_sr
+from .sc import build_heatmap_sc
+from .sr import build_sr
+from .uids import ResultUIDs, result_uids
+from .worklist import RankedEntry, RankReason, WorklistEntry, reading_order
+
+__all__ = [
+    "Finding",
+    "Priority",
+    "RankReason",
+    "RankedEntry",
+    "ResultUIDs",
+    "SRSummary",
+    "WorklistEntry",
+    "build_heatmap_sc",
+    "build_sr",
+    "read_sr",
+    "reading_order",
+    "result_uids",
+]

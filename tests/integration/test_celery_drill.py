@@ -1,0 +1,99 @@
+"""Drill: a Celery worker is killed -9 in the middle of a study task; another worker finishes it.
+
+Real Redis, real PostgreSQL, real worker processes. The PACS is down while the first worker
+retries delivery, so the kill lands mid-task; the PACS then comes up and a second worker picks
+the re-delivered task (acks_late + visibility timeout) and the SR arrives exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom.uid import Comprehensive3DSRStorage
+from sqlalchemy import func, select
+
+from dicomnode.config import Destination, Settings
+from dicomnode.node import Node
+from dicomnode.push import push_files
+from dicomnode.receiver import Receiver
+from dicomnode.store.db import Store, migrate
+from dicomnode.store.models import Analysis, DeliveryAttempt, StudyState
+from dicomnode.store.queries import study_state
+from training.phantoms import write_phantom_studies
+
+from ..conftest import REDIS_URL, CeleryWorker
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_worker_task_is_finished_by_another_and_sr_arrives_once(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    node_factory: Callable[[Settings], Node],
+    celery_worker_factory: Callable[[Settings], CeleryWorker],
+    celery_queue: str,
+    pg_url: str,
+) -> None:
+    pacs_port = _free_port()  # nothing listens here yet: the PACS is "down"
+    settings = make_settings(
+        broker_url=REDIS_URL,
+        queue=celery_queue,
+        database_url=pg_url,
+        destinations=(Destination("LATEPACS", "127.0.0.1", pacs_port),),
+        delivery_attempts=50,
+        delivery_backoff_seconds=0.5,
+        visibility_timeout=4.0,
+    )
+    migrate(settings.effective_database_url)
+    first = celery_worker_factory(settings)
+    node = node_factory(settings)
+    study = write_phantom_studies(tmp_path / "in", 1, seed=31, positive_fraction=1.0)[0]
+    assert all(r.status == 0 for r in push_files(study.paths, "127.0.0.1", node.port))
+
+    store = Store(settings.effective_database_url, run_migrations=False)
+    try:
+
+        def failed_attempts() -> int:
+            with store.session() as s:
+                return int(s.scalar(select(func.count()).select_from(DeliveryAttempt)) or 0)
+
+        # the first worker is inside the task: analysed, retrying delivery to the absent PACS
+        _wait(lambda: failed_attempts() >= 2, 60, "the first worker's failed delivery attempts")
+        assert study_state(store, study.study_uid) is StudyState.ANALYSING
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+
+        with Receiver(tmp_path / "pacs", ae_title="LATEPACS", port=pacs_port) as pacs:
+            celery_worker_factory(settings)
+            got = pacs.wait_for(2, timeout=90)
+            time.sleep(1.0)  # anything extra would arrive now
+            srs = [r for r in pacs.received if r.sop_class_uid == str(Comprehensive3DSRStorage)]
+            assert len(got) == 2 and len(pacs.received) == 2, [r.sop_class_uid for r in pacs.received]
+            assert len(srs) == 1 and srs[0].study_uid == study.study_uid
+        _wait(lambda: study_state(store, study.study_uid) is StudyState.DELIVERED, 30, "DELIVERED state")
+        with store.session() as s:
+            analyses = s.scalars(select(Analysis).order_by(Analysis.id)).all()
+            executions = [(a.execution, a.finished_at) for a in analyses]
+        # the killed worker's analysis never finished; the second one did
+        assert len(analyses) == 2, executions
+        assert analyses[0].finished_at is None and analyses[1].finished_at is not None
+    finally:
+        store.dispose()
