@@ -55,8 +55,9 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     quiet_seconds: float = 5.0
     model: Path | None = None  # None: the bundled demo model under storage_dir
-    delivery_attempts: int = 5
-    delivery_backoff_seconds: float = 2.0
+    delivery_attempts: int = 8
+    delivery_backoff_seconds: float = 2.0  # first retry delay; doubles each attempt
+    delivery_backoff_max_seconds: float = 60.0  # cap on one delay (8 attempts span about 3 minutes)
     select_modalities: tuple[str, ...] = ("CR", "DX")
     select_body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "")
     select_views: tuple[str, ...] = ("PA", "AP", "")
@@ -146,6 +147,7 @@ _CASTS: dict[str, Any] = {
     "model": Path,
     "delivery_attempts": int,
     "delivery_backoff_seconds": float,
+    "delivery_backoff_max_seconds": float,
     "log_format": str,
     "log_level": str,
     "tls_cert": Path,

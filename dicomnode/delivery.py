@@ -119,6 +119,7 @@ def deliver(
     calling_ae: str,
     attempts: int,
     backoff_seconds: float,
+    backoff_max_seconds: float = 60.0,
     on_attempt: Callable[[AttemptResult], None] = lambda r: None,
     fallback: Fallback | None = None,
     extra_sop_classes: Sequence[str] = (),
@@ -153,5 +154,5 @@ def deliver(
             errors=errors,
         )
         if n < attempts:
-            sleep(backoff_seconds * 2 ** (n - 1))
+            sleep(min(backoff_seconds * 2 ** (n - 1), backoff_max_seconds))
     return False

@@ -248,6 +248,7 @@ def deliver_results(
             calling_ae=settings.ae_title,
             attempts=settings.delivery_attempts,
             backoff_seconds=settings.delivery_backoff_seconds,
+            backoff_max_seconds=settings.delivery_backoff_max_seconds,
             on_attempt=record,
             fallback=fallback,
             extra_sop_classes=[str(EnhancedSRStorage)],
