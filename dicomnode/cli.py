@@ -36,6 +36,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError("dicomnode worker needs DICOMNODE_BROKER_URL, e.g. redis://127.0.0.1:6379/0")
     configure_logging(s.log_level, s.log_format)
     from worker.app import make_celery
+    from worker.inference import PneumoniaModel
+
+    # Fail now, not at the first study, if the model is missing or not ours.
+    model = PneumoniaModel(s.model_path)
+    print(f"model {model.card.name} {model.card.version} on {model.providers[0]}", file=sys.stderr)
+    del model
 
     app = make_celery(s)
     argv = ["worker", "--loglevel", s.log_level.upper(), "-Q", s.queue, "--prefetch-multiplier", "1"]
