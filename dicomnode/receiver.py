@@ -16,7 +16,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
-from .storage import instance_path, write_atomic
+from .storage import instance_path, move_atomic, write_atomic
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,13 @@ class Receiver:
 
     def _on_store(self, event: evt.Event) -> int:
         ds = event.dataset
-        ds.file_meta = event.file_meta
         path = instance_path(
             self.out_dir, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
         )
-        write_atomic(path, event.encoded_dataset())
+        try:  # chunked receive (the node's pynetdicom setting): the data set is already a file
+            move_atomic(event.dataset_path, path)
+        except AttributeError:
+            write_atomic(path, event.encoded_dataset())
         rec = Received(
             path,
             str(ds.SOPClassUID),
