@@ -106,21 +106,21 @@ def pg_url() -> Iterator[str]:
 
 
 def settings_env(s: Settings) -> dict[str, str]:
-    """The DICOMNODE_* environment that gives a worker process the same settings."""
+    """The DICOMNODE_* environment that gives a worker process exactly the same settings."""
+    import dataclasses
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
-    env.update(
-        DICOMNODE_AE_TITLE=s.ae_title,
-        DICOMNODE_STORAGE_DIR=str(s.storage_dir),
-        DICOMNODE_DATABASE_URL=s.effective_database_url,
-        DICOMNODE_BROKER_URL=s.broker_url,
-        DICOMNODE_QUEUE=s.queue,
-        DICOMNODE_DESTINATIONS=",".join(str(d) for d in s.destinations),
-        DICOMNODE_MODEL=str(s.model_path),
-        DICOMNODE_DELIVERY_ATTEMPTS=str(s.delivery_attempts),
-        DICOMNODE_DELIVERY_BACKOFF_SECONDS=str(s.delivery_backoff_seconds),
-        DICOMNODE_LOG_FORMAT="json",
-        PYTHONUNBUFFERED="1",
-    )
+    for f in dataclasses.fields(s):
+        value = getattr(s, f.name)
+        if f.name == "extra" or value is None:
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(str(v) if str(v) else "-" for v in value)
+        env[f"DICOMNODE_{f.name.upper()}"] = str(value)
+    env["DICOMNODE_DATABASE_URL"] = s.effective_database_url
+    env["DICOMNODE_MODEL"] = str(s.model_path)
+    env["DICOMNODE_LOG_FORMAT"] = "json"
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

@@ -27,7 +27,12 @@ def make_celery(settings: Settings) -> Celery:
         result_expires=24 * 3600,
         broker_connection_retry_on_startup=True,
         # A task whose worker died (acks_late: never acknowledged) is re-delivered after this.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # sweep for abandoned (unacked) tasks every few seconds rather than kombu's ~100 s
+            "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout / 2))),
+            "unacked_restore_throttle": 1,
+        },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(settings.task_time_limit - 30, settings.task_time_limit * 0.9),

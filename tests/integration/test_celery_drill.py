@@ -45,12 +45,12 @@ def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_killed_worker_task_is_finished_by_another_and_sr_arrives_once(
+    pg_url: str,  # first: its database is dropped only after the node and workers stop
     tmp_path: Path,
     make_settings: Callable[..., Settings],
     node_factory: Callable[[Settings], Node],
     celery_worker_factory: Callable[[Settings], CeleryWorker],
     celery_queue: str,
-    pg_url: str,
 ) -> None:
     pacs_port = _free_port()  # nothing listens here yet: the PACS is "down"
     settings = make_settings(

@@ -40,13 +40,13 @@ def _wait_state(store: Store, uid: str, states: set[StudyState], timeout: float)
 @pytest.mark.parametrize("mode", ["inprocess", "celery"])
 def test_study_round_trip_delivers_sr_and_sc_and_records_analysis(
     mode: str,
+    pg_url: str,  # first: its database is dropped only after the node and workers stop
     tmp_path: Path,
     make_settings: Callable[..., Settings],
     node_factory: Callable[[Settings], Node],
     pacs: Receiver,
     celery_worker_factory: Callable[[Settings], CeleryWorker],
     celery_queue: str,
-    pg_url: str,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     worker = None
