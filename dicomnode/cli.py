@@ -107,7 +107,11 @@ def cmd_results(args: argparse.Namespace) -> int:
     from .store.queries import result_rows
 
     s = _settings(args)
-    rows = result_rows(Store(s.effective_database_url), limit=args.limit)
+    store = Store(s.effective_database_url)
+    try:
+        rows = result_rows(store, limit=args.limit)
+    finally:
+        store.dispose()
     if args.format == "json":
         print(
             json.dumps(
@@ -139,7 +143,11 @@ def cmd_worklist(args: argparse.Namespace) -> int:
     else:
         from .store.db import Store
 
-        entries = entries_from_store(Store(_settings(args).effective_database_url))
+        store = Store(_settings(args).effective_database_url)
+        try:
+            entries = entries_from_store(store)
+        finally:
+            store.dispose()
     ranked = reading_order(entries, now=datetime.now(timezone.utc), max_wait=timedelta(minutes=args.max_wait))
     print(render(ranked, args.format))
     return 0

@@ -21,6 +21,18 @@ def _scrub(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return event_dict
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes to whatever ``sys.stderr`` is at the time of the record."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     """Route structlog and stdlib logging (pynetdicom, celery) to stderr."""
     lvl = getattr(logging, level.upper(), logging.INFO)
@@ -40,6 +52,6 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr, force=True)
+    logging.basicConfig(level=max(lvl, logging.WARNING), handlers=[_StderrHandler()], force=True)
     # pynetdicom logs identifiers of C-STORE requests at INFO/DEBUG: keep it at WARNING.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

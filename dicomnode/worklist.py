@@ -20,7 +20,8 @@ from .store.db import Store
 from .store.models import Analysis, Study, StudyState
 from .store.queries import as_utc
 
-#: States in which a study still waits for a radiologist (anything received and not failed).
+#: Every complete study waits for a radiologist, whatever the AI made of it: a study the model
+#: could not read (not applicable, failed) is listed as routine, never dropped from the list.
 _OPEN_STATES = [s.value for s in StudyState if s is not StudyState.RECEIVING]
 
 

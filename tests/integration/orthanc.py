@@ -1,0 +1,142 @@
+"""A real Orthanc server for tests: our own JSON config, loopback ports, REST over urllib.
+
+Orthanc is started as a subprocess with ``TCP_NODELAY=1`` (DCMTK leaves Nagle on otherwise and each
+C-STORE stalls about 40 ms) and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Orthanc:
+    """One Orthanc process with its storage and index under ``workdir``."""
+
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        *,
+        dicom_port: int,
+        aet: str = "ORTHANC",
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+    ) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.dicom_port = dicom_port
+        self.http_port = free_port()
+        self.aet = aet
+        self.modalities = modalities or {}
+        self.base_url = f"http://127.0.0.1:{self.http_port}"
+        self.log_path = workdir / "orthanc.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> dict[str, Any]:
+        """The JSON configuration Orthanc is started with."""
+        return {
+            "Name": "dicomnode-test",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
+            "Plugins": [],
+            "LuaScripts": [],
+        }
+
+    def start(self, timeout: float = 30) -> Orthanc:
+        """Write the config, start Orthanc and wait until its REST API answers."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = self.workdir / "orthanc.json"
+        cfg.write_text(json.dumps(self.config(), indent=1))
+        env = dict(os.environ, TCP_NODELAY="1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                self.get("/system")
+                return self
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Orthanc REST not up in {timeout} s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        """Terminate the process we started (by PID) and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def _request(self, method: str, path: str, body: bytes | None, content_type: str) -> Any:
+        req = urllib.request.Request(self.base_url + path, data=body, method=method)
+        if body is not None:
+            req.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(req, timeout=60) as rsp:
+            data = rsp.read()
+        return json.loads(data) if data else None
+
+    def get(self, path: str) -> Any:
+        """GET a REST resource, JSON-decoded."""
+        return self._request("GET", path, None, "")
+
+    def post(self, path: str, payload: Any) -> Any:
+        """POST JSON (or a plain string for /tools/lookup), JSON-decoded answer."""
+        body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        return self._request("POST", path, body, "application/json")
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        """POST one DICOM file to /instances; Orthanc's answer (ID, ParentStudy, Status)."""
+        answer: dict[str, Any] = self._request("POST", "/instances", path.read_bytes(), "application/dicom")
+        return answer
+
+    def study_id(self, study_uid: str) -> str:
+        """Orthanc's ID of the study with this StudyInstanceUID (via /tools/lookup)."""
+        hits = [h for h in self.post("/tools/lookup", study_uid) if h["Type"] == "Study"]
+        if len(hits) != 1:
+            raise LookupError(f"Orthanc has {len(hits)} studies with UID {study_uid}")
+        return str(hits[0]["ID"])
+
+    def study_instances(self, orthanc_study_id: str) -> list[dict[str, Any]]:
+        """Simplified tags of every instance of a study."""
+        return [
+            self.get(f"/instances/{i['ID']}/simplified-tags")
+            for i in self.get(f"/studies/{orthanc_study_id}/instances")
+        ]
+
+    def __enter__(self) -> Orthanc:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
