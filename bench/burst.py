@@ -16,13 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from training.demo import ensure_demo_model
-
 from dicomnode.config import Destination, Settings
 from dicomnode.logconfig import configure_logging
 from dicomnode.node import Node
 from dicomnode.push import push_files
 from dicomnode.receiver import Receiver
+from training.demo import ensure_demo_model
 from training.phantoms import write_phantom_studies
 
 

@@ -35,7 +35,6 @@ def run_demo(
 ) -> list[DemoRow]:
     """Run the demo end to end and return one row per study (also printed)."""
     from training.demo import ensure_demo_model
-
     from training.phantoms import write_phantom_studies
 
     model_path = settings.model_path

@@ -14,13 +14,13 @@ import importlib.util
 import json
 import re
 import shlex
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 
 from dicomnode.cli import build_parser
 from dicomnode.config import ENV_PREFIX, ConfigError, Settings, load_settings
