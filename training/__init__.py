@@ -2,4 +2,11 @@
 
 Importing this package (and :mod:`training.preprocess`, :mod:`training.phantoms`) never imports
 torch: the node and the workers use the preprocessing without the ``train`` extra installed.
+
+Torch-free: :mod:`~training.card` (model card), :mod:`~training.preprocess` (the one
+preprocessing), :mod:`~training.phantoms` (synthetic DX/CR studies), :mod:`~training.datasets`
+(folder/RSNA loaders, patient split), :mod:`~training.evaluate` (metrics),
+:mod:`~training.modelfile` (read a card from an ONNX file), :mod:`~training.demo` (torch only
+when it has to train). Need torch: :mod:`~training.model`, :mod:`~training.train`,
+:mod:`~training.export`. Command line: ``python -m training --help``.
 """

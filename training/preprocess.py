@@ -130,9 +130,7 @@ def _first(value: Any) -> float:
     return float(value)
 
 
-def window_to_unit(
-    values: np.ndarray, center: float, width: float, function: str = "LINEAR"
-) -> np.ndarray:
+def window_to_unit(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
     """Apply a DICOM window (PS3.3 C.11.2.1.2) with output range [0, 1] (float64)."""
     x = np.asarray(values, dtype=np.float64)
     function = function.upper()
@@ -140,7 +138,9 @@ def window_to_unit(
         return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - center) / width, -700, 700)))
     if function == "LINEAR_EXACT":
         return np.clip((x - (center - width / 2.0)) / width, 0.0, 1.0)
-    # LINEAR: the standard's half-pixel offsets, C.11.2.1.2.1
+    # LINEAR: the standard's half-pixel offsets, C.11.2.1.2.1; width 1 is a step at c - 0.5
+    if width <= 1.0:
+        return (x > center - 0.5).astype(np.float64)
     return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
@@ -159,9 +159,7 @@ def _area_axis(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     if n_in == n_out:
         return a
     # integral of the piecewise-constant signal at the output cell edges
-    csum = np.concatenate(
-        [np.zeros_like(np.take(a, [0], axis=axis)), np.cumsum(a, axis=axis)], axis=axis
-    )
+    csum = np.concatenate([np.zeros_like(np.take(a, [0], axis=axis)), np.cumsum(a, axis=axis)], axis=axis)
     edges = np.linspace(0.0, n_in, n_out + 1)
     idx = np.minimum(np.floor(edges).astype(np.int64), n_in - 1)
     frac = edges - idx
@@ -243,13 +241,15 @@ def to_unit_image(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
     unit: np.ndarray | None = None
     if config.voi == "header":
         if ds.get("VOILUTSequence"):
-            lut_out = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), np.float64)
+            # a LUT is indexed by (integer) modality values
+            indices = np.rint(values).astype(np.int64)
+            lut_out = np.asarray(apply_voi_lut(indices, ds, index=0, prefer_lut=True), np.float64)
             bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
             unit = np.clip(lut_out / float(2**bits - 1), 0.0, 1.0)
         elif "WindowCenter" in ds and "WindowWidth" in ds and ds.WindowWidth not in (None, ""):
             center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
             function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
-            if width > (1.0 if function.upper() == "LINEAR" else 0.0):
+            if width >= 1.0 or (width > 0.0 and function.upper() != "LINEAR"):
                 unit = window_to_unit(values, center, width, function)
     if unit is None:
         unit = percentile_to_unit(values, config.percentiles)

@@ -1,0 +1,196 @@
+"""Command line: ``python -m training {demo-model,phantoms,train,card} ...``.
+
+Examples::
+
+    python -m training demo-model --out models/demo.onnx
+    python -m training phantoms --out data/phantoms -n 200 --labels data/phantoms.csv
+    python -m training train --data folder --data-dir data/phantoms --labels data/phantoms.csv \\
+        --image-size 224 --width 64 --onnx models/pneumonia.onnx
+    python -m training card models/pneumonia.onnx
+
+``train`` prints the full command line that repeats the run (``train.start command=...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.train import TrainConfig
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data")
+    d.add_argument("--data", choices=["phantoms", "folder", "rsna"], default="phantoms")
+    d.add_argument("--data-dir", type=Path, help="folder of DICOMs, or the RSNA download root")
+    d.add_argument("--labels", type=Path, help="CSV path,label[,patient_id] for --data folder")
+    d.add_argument("--n-phantoms", type=int, default=600)
+    d.add_argument("--phantom-size", type=int, default=256)
+    d.add_argument("--positive-fraction", type=float, default=0.5)
+    d.add_argument("--val-fraction", type=float, default=0.2)
+    d.add_argument("--test-fraction", type=float, default=0.0)
+    d.add_argument("--workers", type=int, default=0, help="threads for preprocessing")
+    m = p.add_argument_group("model and preprocessing")
+    m.add_argument("--image-size", type=int, default=224)
+    m.add_argument("--voi", choices=["header", "percentile"], default="header")
+    m.add_argument("--depth", type=int, choices=[18, 34], default=18)
+    m.add_argument("--width", type=int, default=64)
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=30)
+    o.add_argument("--batch-size", type=int, default=32)
+    o.add_argument("--lr", type=float, default=1e-3)
+    o.add_argument("--weight-decay", type=float, default=1e-4)
+    o.add_argument("--warmup-epochs", type=float, default=1.0)
+    o.add_argument("--patience", type=int, default=5)
+    o.add_argument("--target-sensitivity", type=float, default=0.9)
+    o.add_argument("--no-augment", action="store_true")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--threads", type=int)
+    o.add_argument("--max-train-seconds", type=float)
+    r = p.add_argument_group("outputs")
+    r.add_argument("--out-dir", type=Path, help="checkpoint directory")
+    r.add_argument("--resume", action="store_true", help="continue from --out-dir/checkpoint.pt")
+    r.add_argument("--onnx", type=Path, help="export the best model here")
+    r.add_argument("--name", default="dicomnode-pneumonia")
+    r.add_argument("--version", default="0.1.0")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m training``."""
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo-model", help="train and export the phantom demo model (~1 min)")
+    demo.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--force", action="store_true", help="retrain even if --out exists")
+
+    ph = sub.add_parser("phantoms", help="write phantom studies as DICOM files")
+    ph.add_argument("--out", type=Path, required=True, help="folder; files go to <study>/<sop>.dcm")
+    ph.add_argument("-n", "--n-studies", type=int, required=True)
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--positive-fraction", type=float, default=0.5)
+    ph.add_argument("--size", type=int, help="rows = columns (default: random 512-768)")
+    ph.add_argument("--modality", choices=["DX", "CR"], default="DX")
+    ph.add_argument("--labels", type=Path, help="also write a path,label,patient_id CSV here")
+
+    tr = sub.add_parser("train", help="train a model; optionally export it to ONNX")
+    _add_train_args(tr)
+
+    card = sub.add_parser("card", help="print the model card of an exported ONNX model")
+    card.add_argument("model", type=Path)
+    return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from training.demo import ensure_demo_model
+
+    if args.force and args.out.exists():
+        args.out.unlink()
+    print(ensure_demo_model(args.out, seed=args.seed))
+    return 0
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from training.datasets import samples_from_phantom_studies, write_labels_csv
+    from training.phantoms import write_phantom_studies
+
+    studies = write_phantom_studies(
+        args.out,
+        args.n_studies,
+        seed=args.seed,
+        positive_fraction=args.positive_fraction,
+        size=args.size,
+        modality=args.modality,
+    )
+    if args.labels is not None:
+        write_labels_csv(samples_from_phantom_studies(studies), args.labels, root=args.out)
+    positives = sum(s.positive for s in studies)
+    print(f"phantoms.written out={args.out} studies={len(studies)} positive={positives}")
+    return 0
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig that ``python -m training train ARGS`` runs (imports torch)."""
+    from training.model import ModelConfig
+    from training.preprocess import PreprocessConfig
+    from training.train import TrainConfig
+
+    return TrainConfig(
+        data=args.data,
+        data_dir=args.data_dir,
+        labels_csv=args.labels,
+        n_phantoms=args.n_phantoms,
+        phantom_size=args.phantom_size,
+        phantom_positive_fraction=args.positive_fraction,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        preprocess=PreprocessConfig(size=args.image_size, voi=args.voi),
+        model=ModelConfig(depth=args.depth, width=args.width),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        patience=args.patience,
+        target_sensitivity=args.target_sensitivity,
+        augment=not args.no_augment,
+        seed=args.seed,
+        threads=args.threads,
+        workers=args.workers,
+        out_dir=args.out_dir,
+        resume=args.resume,
+        max_train_seconds=args.max_train_seconds,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        from training.demo import TORCH_MISSING
+
+        raise ImportError(TORCH_MISSING) from None
+    from training.export import export_onnx
+    from training.train import train
+
+    result = train(train_config_from_args(args))
+    if args.onnx is not None:
+        card = result.card(name=args.name, version=args.version)
+        export_onnx(result.model, args.onnx, card)
+        print(f"train.exported onnx={args.onnx} version={card.version}")
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from training.modelfile import read_card
+
+    print(json.dumps(asdict(read_card(args.model)), indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "demo-model": _cmd_demo,
+        "phantoms": _cmd_phantoms,
+        "train": _cmd_train,
+        "card": _cmd_card,
+    }
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
