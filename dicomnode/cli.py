@@ -26,7 +26,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     configure_logging(s.log_level, s.log_format)
-    Node(s).serve_forever()
+    metrics = store = None
+    if s.metrics_port:  # one /metrics for the node and every worker: it reads the shared SQL
+        from .metrics import start_metrics_server
+        from .store.db import Store
+
+        store = Store(s.effective_database_url)
+        metrics = start_metrics_server(s, store)
+    try:
+        Node(s).serve_forever()
+    finally:
+        if metrics is not None and store is not None:
+            metrics.stop()
+            store.dispose()
     return 0
 
 
@@ -213,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--storage-dir")
     sp.add_argument("--port", type=int)
     sp.add_argument("--studies", type=int, default=6)
-    sp.add_argument("--seed", type=int)
+    sp.add_argument("--seed", type=int, default=16, help="phantom patients to send (new UIDs each run)")
     sp.add_argument("--quiet", type=float, default=2.0, help="quiet period in seconds for the demo")
     sp.set_defaults(func=cmd_demo)
 

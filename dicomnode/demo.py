@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from training.phantoms import PhantomStudy, write_phantom_studies
 
 from .config import Destination, Settings
 from .node import Node
@@ -19,6 +24,23 @@ from .push import push_files
 from .receiver import Receiver
 from .results import read_sr, reading_order
 from .results.worklist import WorklistEntry
+
+#: The same synthetic patients every run (a set the demo model separates clearly); each run sends
+#: them as new studies, so re-running the demo never re-opens the last run's studies.
+DEMO_SEED = 16
+
+
+def _as_new_study(st: PhantomStudy) -> PhantomStudy:
+    """Give a phantom study fresh Study/Series/SOP Instance UIDs, in place on disk."""
+    study_uid = generate_uid()
+    series: dict[str, str] = {}
+    for path in st.paths:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series.setdefault(str(ds.SeriesInstanceUID), generate_uid())
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(path, enforce_file_format=True)
+    return replace(st, study_uid=study_uid)
 
 
 @dataclass(frozen=True)
@@ -31,11 +53,10 @@ class DemoRow:
 
 
 def run_demo(
-    settings: Settings, *, studies: int = 6, seed: int | None = None, timeout: float = 180
+    settings: Settings, *, studies: int = 6, seed: int = DEMO_SEED, timeout: float = 180
 ) -> list[DemoRow]:
     """Run the demo end to end and return one row per study (also printed)."""
     from training.demo import ensure_demo_model
-    from training.phantoms import write_phantom_studies
 
     model_path = settings.model_path
     if not model_path.exists():
@@ -55,8 +76,10 @@ def run_demo(
                 f"DEMOPACS@127.0.0.1:{pacs.port}; quiet period {node_settings.quiet_seconds:g} s"
             )
             with tempfile.TemporaryDirectory(prefix="dicomnode-demo-") as tmp:
-                seed = int(time.time()) if seed is None else seed
-                phantoms = write_phantom_studies(Path(tmp), studies, seed=seed, positive_fraction=0.5)
+                phantoms = [
+                    _as_new_study(st)
+                    for st in write_phantom_studies(Path(tmp), studies, seed=seed, positive_fraction=0.5)
+                ]
                 sent_at: dict[str, float] = {}
                 for st in phantoms:
                     res = push_files(
