@@ -1,11 +1,14 @@
-"""``dicomnode`` command line: serve, worker, demo, push, echo, results, worklist, resend, migrate."""
+"""``dicomnode`` command line: serve, worker, demo, push, echo, results, worklist, resend, migrate,
+audit, import-truth, monitor."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError, Settings, load_settings
 from .logconfig import configure_logging
@@ -203,6 +206,147 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_arg(text: str | None, *, end: bool = False) -> datetime | None:
+    from .audit import parse_time
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text, end=end)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from . import audit
+    from .store.db import Store
+    from .tables import render_rows
+
+    states = tuple(x.strip().lower() for x in (args.state or "").split(",") if x.strip())
+    try:
+        f = audit.AuditFilter(
+            since=_time_arg(args.since),
+            until=_time_arg(args.until, end=True),
+            calling_ae=args.calling_ae,
+            states=states,
+            model_version=args.model_version,
+            failed_deliveries=args.failed_deliveries,
+            study_uid=args.study,
+            accession_number=args.accession,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"dicomnode audit: {exc}") from None
+    limit = args.limit or None
+    store = Store(_settings(args).effective_database_url)
+    try:
+        rows: list[Any]
+        columns: list[str] | None = None
+        if args.what == "studies":
+            rows = audit.studies(store, f, limit=limit)
+            columns = [
+                "first_received_at", "study_uid", "calling_ae", "state", "model_version", "score",
+                "priority", "failed_attempts", "seconds_to_result",
+            ]  # fmt: skip
+        elif args.what == "summary":
+            rows = audit.summary(store, f, by=args.by)
+        elif args.what == "deliveries":
+            rows = audit.deliveries(store, f, failed_only=not args.all, limit=limit)
+            columns = ["attempted_at", "study_uid", "destination", "attempt", "success", "status", "error"]
+        else:
+            rows = audit.events(store, f, kind=args.kind, limit=limit)
+    finally:
+        store.dispose()
+    print(render_rows(rows, args.format, columns=columns))
+    return 0
+
+
+def cmd_import_truth(args: argparse.Namespace) -> int:
+    from .groundtruth import GroundTruthError, import_ground_truth
+    from .store.db import Store
+
+    store = Store(_settings(args).effective_database_url)
+    try:
+        report = import_ground_truth(store, Path(args.csv), dry_run=args.dry_run)
+    except GroundTruthError as exc:
+        print(f"dicomnode import-truth: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    verb = "would import" if args.dry_run else "imported"
+    print(
+        f"{report.rows} reads: {verb} {report.imported}, updated {report.updated}, "
+        f"unchanged {report.unchanged}, {len(report.unmatched)} of studies this node never received"
+    )
+    for line in report.unmatched[:10]:
+        print(f"  not received: {line}")
+    if len(report.unmatched) > 10:
+        print(f"  ... and {len(report.unmatched) - 10} more")
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from .monitor_report import performance_text, write_report
+    from .monitoring import BASELINE_CARD_KEY, Baseline, baseline_from_card, load_baseline, monitor
+    from .store.db import Store
+    from .tables import render_rows
+
+    s = _settings(args)
+    baselines: dict[str, Baseline] = {}
+    models = [Path(m) for m in args.model] or ([s.model_path] if s.model_path.is_file() else [])
+    for path in models:
+        from training.modelfile import read_card
+
+        try:
+            card = read_card(path)
+            base = baseline_from_card(card)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"--model {path}: {exc}") from None
+        if base is not None:
+            baselines[card.version] = base
+        else:
+            print(
+                f"note: model card of {card.version} has no metrics[{BASELINE_CARD_KEY!r}]; "
+                "PSI needs --baseline FILE for it",
+                file=sys.stderr,
+            )
+    default = None
+    if args.baseline:
+        try:
+            default = load_baseline(Path(args.baseline))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--baseline {args.baseline}: {exc}") from None
+    store = Store(s.effective_database_url)
+    try:
+        result = monitor(
+            store,
+            baselines,
+            _time_arg(args.since),
+            _time_arg(args.until, end=True),
+            args.model_version,
+            default=default,
+        )
+    finally:
+        store.dispose()
+    if args.format == "json":
+        from .tables import row_dicts
+
+        doc = {
+            "drift": row_dicts(result.drift),
+            "daily_psi": row_dicts(result.daily),
+            "performance": row_dicts(result.performance),
+        }
+        print(json.dumps(doc, indent=1))
+    else:
+        print("score drift (PSI against the validation baseline)")
+        print(render_rows(result.drift, "table"))
+        print("\nagainst radiologists' reads (95% Wilson intervals)")
+        print(render_rows(performance_text(result.performance), "table"))
+    if args.report:
+        path = write_report(result, Path(args.report))
+        print(f"report: {path} (and report.md)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
     p.add_argument("--config", help="TOML settings file (or DICOMNODE_CONFIG)")
@@ -278,6 +422,75 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--revision", default="head")
     sp.add_argument("--downgrade", metavar="REVISION")
     sp.set_defaults(func=cmd_migrate)
+
+    sp = sub.add_parser(
+        "audit",
+        help="who sent what, what the model said, what was delivered: studies, summary, deliveries, events",
+        description="Audit questions over the node's SQL record. Times are UTC; --since/--until take "
+        "a date (2026-01-31), a date-time, or a span back from now (24h, 7d).",
+    )
+    sp.add_argument(
+        "what",
+        nargs="?",
+        default="studies",
+        choices=["studies", "summary", "deliveries", "events"],
+        help="studies (default): each with its latest analysis; summary: counts per --by; "
+        "deliveries: C-STORE attempts of results (failed ones unless --all); events: the event log",
+    )
+    sp.add_argument("--storage-dir")
+    sp.add_argument("--since", help="from this time on (first received / attempted / logged)")
+    sp.add_argument("--until", help="before this time; a bare date includes that day")
+    sp.add_argument("--calling-ae", help="studies sent by this AE title")
+    sp.add_argument("--state", help="study states (outcome), comma-separated, e.g. delivered,delivery_failed")
+    sp.add_argument("--model-version", help="studies whose latest analysis ran this model version")
+    sp.add_argument(
+        "--failed-deliveries", action="store_true", help="studies with at least one failed delivery attempt"
+    )
+    sp.add_argument("--study", help="one Study Instance UID (events: its timeline)")
+    sp.add_argument("--accession", help="one accession number")
+    sp.add_argument(
+        "--by", default="day", choices=["day", "calling_ae", "state", "model_version", "priority"]
+    )
+    sp.add_argument("--kind", help="events of this kind only, e.g. study.delivery_failed")
+    sp.add_argument("--all", action="store_true", help="deliveries: successful attempts too")
+    sp.add_argument("--limit", type=int, default=100, help="at most this many rows (0: all)")
+    sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sp.set_defaults(func=cmd_audit)
+
+    sp = sub.add_parser(
+        "import-truth",
+        help="import radiologists' reads (CSV: study_uid or accession_number, label 0/1, reader, read_at)",
+    )
+    sp.add_argument("csv")
+    sp.add_argument("--storage-dir")
+    sp.add_argument("--dry-run", action="store_true", help="check and match every line, import nothing")
+    sp.set_defaults(func=cmd_import_truth)
+
+    sp = sub.add_parser(
+        "monitor",
+        help="model performance: score drift (PSI) against the validation baseline, and "
+        "sensitivity/specificity/PPV/NPV against imported reads",
+    )
+    sp.add_argument("--storage-dir")
+    sp.add_argument("--since", help="analyses finished from this time on (date, date-time, or 7d)")
+    sp.add_argument("--until", help="analyses finished before this time; a bare date includes that day")
+    sp.add_argument("--model-version", help="only this model version")
+    sp.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="ONNX",
+        help="model file(s) whose card holds a validation score histogram (default: DICOMNODE_MODEL)",
+    )
+    sp.add_argument(
+        "--baseline",
+        metavar="FILE",
+        help='validation scores for versions without one in their card: JSON {"edges","counts"} or '
+        '{"scores"}, or one score per line',
+    )
+    sp.add_argument("--report", metavar="DIR", help="also write DIR/report.html and DIR/report.md with plots")
+    sp.add_argument("--format", choices=["table", "json"], default="table")
+    sp.set_defaults(func=cmd_monitor)
     return p
 
 

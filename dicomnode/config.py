@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .selection import SelectionRules
 
@@ -63,6 +62,8 @@ class Settings:
     select_views: tuple[str, ...] = ("PA", "AP", "")
     log_format: str = "console"  # console | json
     log_level: str = "info"
+    metrics_port: int = 9108  # Prometheus /metrics of `dicomnode serve`; 0 disables it
+    metrics_window_seconds: float = 3600.0  # analyses finished this long before start seed the histograms
     # --- receiving (SCP) ---
     allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE may associate
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the SCP speaks TLS only
@@ -150,6 +151,8 @@ _CASTS: dict[str, Any] = {
     "delivery_backoff_max_seconds": float,
     "log_format": str,
     "log_level": str,
+    "metrics_port": int,
+    "metrics_window_seconds": float,
     "tls_cert": Path,
     "tls_key": Path,
     "tls_ca": Path,
@@ -237,6 +240,12 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError(
             f"DICOMNODE_BROKER_URL={s.broker_url!r}: use a Celery broker URL such as "
             "redis://127.0.0.1:6379/0, or leave it unset for in-process execution"
+        )
+    if not 0 <= s.metrics_port < 65536:
+        raise ConfigError(f"DICOMNODE_METRICS_PORT={s.metrics_port}: use 1-65535, or 0 to turn /metrics off")
+    if s.metrics_window_seconds <= 0:
+        raise ConfigError(
+            f"DICOMNODE_METRICS_WINDOW_SECONDS={s.metrics_window_seconds}: must be > 0, e.g. 3600"
         )
     if s.log_format not in ("console", "json"):
         raise ConfigError(f"DICOMNODE_LOG_FORMAT={s.log_format!r}: use console or json")

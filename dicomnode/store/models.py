@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -142,3 +143,32 @@ class Event(Base):
     study_uid: Mapped[str | None] = mapped_column(UID, index=True)
     kind: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict | None] = mapped_column(JSON)
+
+
+class GroundTruth(Base):
+    """A radiologist's read of a study, imported from CSV (``dicomnode import-truth``): the
+    reference for real-world sensitivity, specificity, PPV and NPV (:mod:`dicomnode.monitoring`)."""
+
+    __tablename__ = "ground_truth"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    label: Mapped[bool] = mapped_column(Boolean)  # True: pneumonia present
+    reader: Mapped[str | None] = mapped_column(String(64))
+    read_at: Mapped[datetime | None]
+    source: Mapped[str | None] = mapped_column(Text)  # "<file name>:<line>" it was imported from
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    study: Mapped[Study] = relationship()
+
+
+# Composite indexes of revision 0002: they keep `dicomnode audit`, `dicomnode monitor` and the
+# /metrics scrape interactive over millions of studies (bench/audit_queries.py times them).
+Index("ix_studies_accession_number", Study.accession_number)
+Index("ix_studies_calling_ae_first_received_at", Study.calling_ae, Study.first_received_at)
+Index("ix_studies_state_first_received_at", Study.state, Study.first_received_at)
+Index("ix_analyses_study_id_id", Analysis.study_id, Analysis.id)
+Index("ix_analyses_finished_at", Analysis.finished_at)
+Index("ix_analyses_model_version_finished_at", Analysis.model_version, Analysis.finished_at)
+Index("ix_delivery_attempts_success_attempted_at", DeliveryAttempt.success, DeliveryAttempt.attempted_at)
+Index("ix_events_kind_at", Event.kind, Event.at)

@@ -36,6 +36,14 @@ def instance_by_sop_uid(store: Store, sop_instance_uid: str) -> Instance | None:
         return s.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
 
 
+def instance_path_of(store: Store, sop_instance_uid: str) -> str | None:
+    """Where a SOP Instance UID is stored, or None (one indexed lookup: the SCP asks per C-STORE)."""
+    with store.engine.connect() as conn:
+        return conn.execute(
+            select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid)
+        ).scalar_one_or_none()
+
+
 def instance_locations(store: Store) -> dict[str, str]:
     """Every recorded instance as {file path: SOP Instance UID} (the start-up re-scan compares it
     with the files on disk)."""

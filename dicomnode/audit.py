@@ -1,0 +1,437 @@
+"""Audit questions over the node's SQL record, as SQLAlchemy selects returning typed rows.
+
+``dicomnode audit`` asks them:
+
+- :func:`studies`: which studies arrived (when, from whom), what the model said, were results
+  delivered, how long it took; newest first, filtered by :class:`AuditFilter`
+- :func:`summary`: counts per day, calling AE, state, model version or priority
+- :func:`deliveries`: C-STORE attempts of results (by default the failed ones)
+- :func:`events`: the append-only event log (one study's timeline, or one kind of event)
+
+Every query is answered from an index range at a million studies (revision 0002 adds the
+composite indexes; ``bench/audit_queries.py`` times each). All times are UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, case, func, select, true
+from sqlalchemy.orm import aliased
+
+from .store.db import Store
+from .store.models import Analysis, DeliveryAttempt, Event, Study, StudyState
+from .store.queries import as_utc
+
+SUMMARY_KEYS = ("day", "calling_ae", "state", "model_version", "priority")
+
+_RELATIVE = re.compile(r"^(?P<n>\d+(\.\d+)?)(?P<unit>[mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str, *, end: bool = False, now: datetime | None = None) -> datetime:
+    """A UTC datetime from ``YYYY-MM-DD``, an ISO 8601 date-time, or a span back from now
+    (``30m``, ``24h``, ``7d``, ``2w``). With ``end=True`` a bare date means the end of that day,
+    so ``--until 2026-01-31`` includes the 31st. Naive date-times are taken as UTC."""
+    value = text.strip()
+    m = _RELATIVE.match(value)
+    if m:
+        base = now or datetime.now(timezone.utc)
+        return base - timedelta(**{_UNITS[m["unit"]]: float(m["n"])})
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            at = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            return at + timedelta(days=1) if end else at
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use a date (2026-01-31), a date-time (2026-01-31T08:00:00Z) "
+            "or a span back from now (24h, 7d)"
+        ) from None
+    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What to look at. ``since``/``until`` bound the time the question is about (when a study was
+    first received, an attempt made, an event logged): ``since <= t < until``."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    calling_ae: str | None = None
+    states: tuple[str, ...] = ()
+    model_version: str | None = None  # of the study's latest analysis
+    failed_deliveries: bool = False  # only studies with at least one failed delivery attempt
+    study_uid: str | None = None
+    accession_number: str | None = None
+
+    def __post_init__(self) -> None:
+        known = {s.value for s in StudyState}
+        bad = [s for s in self.states if s not in known]
+        if bad:
+            raise ValueError(f"unknown state {bad[0]!r}: use one of {', '.join(sorted(known))}")
+        for name in ("since", "until"):
+            v = getattr(self, name)
+            if v is not None and v.tzinfo is None:
+                raise ValueError(f"AuditFilter.{name} must be timezone-aware (UTC), got {v!r}")
+
+
+def _window(col: Any, f: AuditFilter) -> list[ColumnElement[bool]]:
+    out = []
+    if f.since is not None:
+        out.append(col >= f.since.astimezone(timezone.utc))
+    if f.until is not None:
+        out.append(col < f.until.astimezone(timezone.utc))
+    return out
+
+
+def _latest_analysis(dialect: str) -> tuple[Any, Any, Any]:
+    """(analysis entity, what to join, on what) for "each study with its latest analysis".
+
+    PostgreSQL gets a LATERAL ... ORDER BY id DESC LIMIT 1 (an index probe per study; with a
+    correlated max(id) in the join condition it prefers hashing the whole analyses table);
+    SQLite, which has no LATERAL, probes the same index with a correlated max(id).
+    Both use the index analyses(study_id, id).
+    """
+    if dialect == "postgresql":
+        latest = (
+            select(Analysis)
+            .where(Analysis.study_id == Study.id)
+            .order_by(Analysis.id.desc())
+            .limit(1)
+            .lateral("latest_analysis")
+        )
+        return aliased(Analysis, latest), latest, true()
+    newest = (
+        select(func.max(Analysis.id)).where(Analysis.study_id == Study.id).correlate(Study).scalar_subquery()
+    )
+    return Analysis, Analysis, Analysis.id == newest
+
+
+def _study_conditions(f: AuditFilter, latest: Any) -> list[ColumnElement[bool]]:
+    conds = _window(Study.first_received_at, f)
+    if f.calling_ae is not None:
+        conds.append(Study.calling_ae == f.calling_ae)
+    if f.states:
+        conds.append(Study.state.in_(f.states))
+    if f.study_uid is not None:
+        conds.append(Study.study_uid == f.study_uid)
+    if f.accession_number is not None:
+        conds.append(Study.accession_number == f.accession_number)
+    if f.model_version is not None:
+        conds.append(latest.model_version == f.model_version)
+    if f.failed_deliveries:
+        conds.append(
+            Study.id.in_(
+                select(Analysis.study_id)
+                .join(DeliveryAttempt, DeliveryAttempt.analysis_id == Analysis.id)
+                .where(DeliveryAttempt.success.is_(False))
+            )
+        )
+    return conds
+
+
+# ------------------------------------------------------------------------------------ studies
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """A study and its latest analysis."""
+
+    study_uid: str
+    accession_number: str | None
+    calling_ae: str | None
+    state: str
+    state_reason: str | None
+    instances: int
+    first_received_at: datetime
+    last_received_at: datetime
+    model_version: str | None
+    score: float | None
+    threshold: float | None
+    finding_present: bool | None
+    priority: str | None
+    finished_at: datetime | None
+    delivered_at: datetime | None
+    failed_attempts: int
+    seconds_to_result: float | None  # last instance received -> delivered (or finished)
+
+
+def studies_query(f: AuditFilter, limit: int | None = 100, dialect: str = "sqlite") -> Select:
+    """Studies matching ``f`` with their latest analysis, newest first."""
+    a, join_to, on = _latest_analysis(dialect)
+    failed = (
+        select(func.count())
+        .select_from(DeliveryAttempt)
+        .where(DeliveryAttempt.analysis_id == a.id, DeliveryAttempt.success.is_(False))
+        .scalar_subquery()
+    )
+    stmt = (
+        select(
+            Study.study_uid,
+            Study.accession_number,
+            Study.calling_ae,
+            Study.state,
+            Study.state_reason,
+            Study.instance_count,
+            Study.first_received_at,
+            Study.last_received_at,
+            a.model_version,
+            a.score,
+            a.threshold,
+            a.finding_present,
+            a.priority,
+            a.finished_at,
+            a.delivered_at,
+            case((a.id.is_(None), 0), else_=failed).label("failed_attempts"),
+        )
+        .outerjoin(join_to, on)
+        .where(*_study_conditions(f, a))
+        .order_by(Study.first_received_at.desc(), Study.id.desc())
+    )
+    return stmt.limit(limit) if limit else stmt
+
+
+def studies(store: Store, f: AuditFilter, limit: int | None = 100) -> list[StudyRow]:
+    """Run :func:`studies_query`; ``limit=None`` returns every match."""
+    out = []
+    with store.session() as s:
+        for r in s.execute(studies_query(f, limit, store.engine.dialect.name)):
+            last = as_utc(r.last_received_at) or r.last_received_at
+            delivered, finished = as_utc(r.delivered_at), as_utc(r.finished_at)
+            end = delivered or finished
+            out.append(
+                StudyRow(
+                    study_uid=r.study_uid,
+                    accession_number=r.accession_number,
+                    calling_ae=r.calling_ae,
+                    state=r.state,
+                    state_reason=r.state_reason,
+                    instances=r.instance_count,
+                    first_received_at=as_utc(r.first_received_at) or r.first_received_at,
+                    last_received_at=last,
+                    model_version=r.model_version,
+                    score=r.score,
+                    threshold=r.threshold,
+                    finding_present=r.finding_present,
+                    priority=r.priority,
+                    finished_at=finished,
+                    delivered_at=delivered,
+                    failed_attempts=int(r.failed_attempts or 0),
+                    seconds_to_result=None if end is None else round((end - last).total_seconds(), 3),
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------ summary
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """Counts of studies sharing one value of the grouping key."""
+
+    key: str
+    studies: int
+    delivered: int
+    delivery_failed: int
+    failed: int
+    not_applicable: int
+    in_progress: int  # receiving, complete, analysing, analysed
+    urgent: int  # latest analysis put the study first on the worklist
+    mean_score: float | None
+
+
+def _day(col: Any, dialect: str) -> ColumnElement[Any]:
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", col), "YYYY-MM-DD")
+    return func.substr(col, 1, 10)  # SQLite stores "YYYY-MM-DD HH:MM:SS.ffffff" in UTC
+
+
+def summary_query(f: AuditFilter, by: str = "day", dialect: str = "sqlite") -> Select:
+    """Counts per ``by`` (one of :data:`SUMMARY_KEYS`) over studies matching ``f``."""
+    if by not in SUMMARY_KEYS:
+        raise ValueError(f"summary by {by!r}: use one of {', '.join(SUMMARY_KEYS)}")
+    a, join_to, on = _latest_analysis(dialect)
+    key: Any = {
+        "day": _day(Study.first_received_at, dialect),
+        "calling_ae": Study.calling_ae,
+        "state": Study.state,
+        "model_version": a.model_version,
+        "priority": a.priority,
+    }[by]
+
+    def n_state(*states: StudyState) -> Any:
+        return func.sum(case((Study.state.in_([s.value for s in states]), 1), else_=0))
+
+    return (
+        select(
+            key.label("key"),
+            func.count().label("studies"),
+            n_state(StudyState.DELIVERED).label("delivered"),
+            n_state(StudyState.DELIVERY_FAILED).label("delivery_failed"),
+            n_state(StudyState.FAILED).label("failed"),
+            n_state(StudyState.NOT_APPLICABLE).label("not_applicable"),
+            n_state(
+                StudyState.RECEIVING, StudyState.COMPLETE, StudyState.ANALYSING, StudyState.ANALYSED
+            ).label("in_progress"),
+            func.sum(case((a.priority == "urgent", 1), else_=0)).label("urgent"),
+            func.avg(a.score).label("mean_score"),
+        )
+        .outerjoin(join_to, on)
+        .where(*_study_conditions(f, a))
+        .group_by(key)
+        .order_by(key)
+    )
+
+
+def summary(store: Store, f: AuditFilter, by: str = "day") -> list[SummaryRow]:
+    """Run :func:`summary_query`."""
+    with store.session() as s:
+        rows = s.execute(summary_query(f, by, store.engine.dialect.name)).all()
+    return [
+        SummaryRow(
+            key="-" if r.key is None else str(r.key),
+            studies=int(r.studies),
+            delivered=int(r.delivered or 0),
+            delivery_failed=int(r.delivery_failed or 0),
+            failed=int(r.failed or 0),
+            not_applicable=int(r.not_applicable or 0),
+            in_progress=int(r.in_progress or 0),
+            urgent=int(r.urgent or 0),
+            mean_score=None if r.mean_score is None else round(float(r.mean_score), 4),
+        )
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------------- deliveries
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """One C-STORE attempt of one result object to one destination."""
+
+    attempted_at: datetime
+    study_uid: str
+    calling_ae: str | None
+    destination: str
+    sop_instance_uid: str
+    attempt: int
+    success: bool
+    status: int | None
+    error: str | None
+    model_version: str
+
+
+def deliveries_query(f: AuditFilter, *, failed_only: bool = True, limit: int | None = 100) -> Select:
+    """Delivery attempts in ``f``'s window (by attempt time), newest first."""
+    stmt = (
+        select(
+            DeliveryAttempt.attempted_at,
+            Study.study_uid,
+            Study.calling_ae,
+            DeliveryAttempt.destination,
+            DeliveryAttempt.sop_instance_uid,
+            DeliveryAttempt.attempt,
+            DeliveryAttempt.success,
+            DeliveryAttempt.status,
+            DeliveryAttempt.error,
+            Analysis.model_version,
+        )
+        .join(Analysis, DeliveryAttempt.analysis_id == Analysis.id)
+        .join(Study, Analysis.study_id == Study.id)
+        .where(*_window(DeliveryAttempt.attempted_at, f))
+        .order_by(DeliveryAttempt.attempted_at.desc(), DeliveryAttempt.id.desc())
+    )
+    if failed_only:
+        stmt = stmt.where(DeliveryAttempt.success.is_(False))
+    if f.calling_ae is not None:
+        stmt = stmt.where(Study.calling_ae == f.calling_ae)
+    if f.model_version is not None:
+        stmt = stmt.where(Analysis.model_version == f.model_version)
+    if f.study_uid is not None:
+        stmt = stmt.where(Study.study_uid == f.study_uid)
+    if f.states:
+        stmt = stmt.where(Study.state.in_(f.states))
+    return stmt.limit(limit) if limit else stmt
+
+
+def deliveries(
+    store: Store, f: AuditFilter, *, failed_only: bool = True, limit: int | None = 100
+) -> list[DeliveryRow]:
+    """Run :func:`deliveries_query`."""
+    with store.session() as s:
+        rows = s.execute(deliveries_query(f, failed_only=failed_only, limit=limit)).all()
+    return [
+        DeliveryRow(
+            attempted_at=as_utc(r.attempted_at) or r.attempted_at,
+            study_uid=r.study_uid,
+            calling_ae=r.calling_ae,
+            destination=r.destination,
+            sop_instance_uid=r.sop_instance_uid,
+            attempt=r.attempt,
+            success=bool(r.success),
+            status=r.status,
+            error=r.error,
+            model_version=r.model_version,
+        )
+        for r in rows
+    ]
+
+
+# ------------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One row of the append-only event log."""
+
+    at: datetime
+    study_uid: str | None
+    kind: str
+    detail: dict[str, Any] | None
+
+
+def events_query(f: AuditFilter, *, kind: str | None = None, limit: int | None = 100) -> Select:
+    """Events in ``f``'s window; one study's timeline oldest first, otherwise newest first."""
+    stmt = select(Event.at, Event.study_uid, Event.kind, Event.detail).where(*_window(Event.at, f))
+    if kind is not None:
+        stmt = stmt.where(Event.kind == kind)
+    if f.study_uid is not None:
+        stmt = stmt.where(Event.study_uid == f.study_uid).order_by(Event.at, Event.id)
+    else:
+        stmt = stmt.order_by(Event.at.desc(), Event.id.desc())
+    return stmt.limit(limit) if limit else stmt
+
+
+def events(
+    store: Store, f: AuditFilter, *, kind: str | None = None, limit: int | None = 100
+) -> list[EventRow]:
+    """Run :func:`events_query`."""
+    with store.session() as s:
+        rows = s.execute(events_query(f, kind=kind, limit=limit)).all()
+    return [EventRow(as_utc(r.at) or r.at, r.study_uid, r.kind, r.detail) for r in rows]
+
+
+__all__ = [
+    "SUMMARY_KEYS",
+    "AuditFilter",
+    "DeliveryRow",
+    "EventRow",
+    "StudyRow",
+    "SummaryRow",
+    "deliveries",
+    "deliveries_query",
+    "events",
+    "events_query",
+    "parse_time",
+    "studies",
+    "studies_query",
+    "summary",
+    "summary_query",
+]

@@ -1,0 +1,348 @@
+"""Prometheus ``/metrics`` for the whole deployment, read from SQL at scrape time.
+
+``dicomnode serve`` starts :func:`start_metrics_server` on ``DICOMNODE_METRICS_PORT``. Every
+number comes from the shared database (and Redis for the queue), so one scrape covers the node
+and every Celery worker process, wherever they run:
+
+- ``dicomnode_instances_received_total``: instances recorded by the SCP
+- ``dicomnode_studies{state=...}``: studies in each :class:`~dicomnode.store.models.StudyState`
+- ``dicomnode_queue_depth``: Redis ``LLEN`` of ``DICOMNODE_QUEUE`` with a broker, else the
+  in-process backlog (studies in state ``complete``)
+- ``dicomnode_inference_seconds``: histogram of ``inferred_at - preprocessed_at``
+- ``dicomnode_time_to_notification_seconds``: histogram of last instance received -> results
+  accepted by every destination (``analyses.delivered_at - studies.last_received_at``)
+- ``dicomnode_delivery_failures_total``: failed C-STORE attempts of results
+
+Scrape cost stays bounded on a big database: counters are kept incrementally by primary key
+(:class:`IdCount` reads only rows added since the last scrape), the large terminal state
+``delivered`` is derived (all studies minus the others, each an index range), and the
+histograms read only analyses finished since the previous scrape (index on ``finished_at``).
+The histograms are proper cumulative Prometheus histograms: seeded at the first scrape with the
+analyses finished in the last ``DICOMNODE_METRICS_WINDOW_SECONDS``, then growing with each
+analysis that finishes (a restart resets them, which ``rate()`` handles).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from .config import Settings
+from .store.db import Store
+from .store.models import Analysis, DeliveryAttempt, Instance, Study, StudyState, utcnow
+from .store.queries import as_utc
+
+log = structlog.get_logger("dicomnode.metrics")
+
+#: seconds; inference of one study on CPU is ~0.05-1 s, on a GPU a few ms
+INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: seconds; includes the quiet period (DICOMNODE_QUIET_SECONDS, 5 s by default) and queueing
+NOTIFICATION_BUCKETS = (1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+#: the state that holds nearly every study of a healthy node: counted as all studies minus the rest
+_BULK_STATE = StudyState.DELIVERED
+#: a row id is trusted not to be overtaken by a slower, lower-id transaction after this long
+SETTLE_SECONDS = 60.0
+
+
+class IdCount:
+    """``count(*)`` of rows matching ``where`` in an insert-only table, kept by primary key.
+
+    The first call counts everything once; later calls count only ids above a watermark. The
+    watermark advances to an id seen ``settle_seconds`` earlier, because on PostgreSQL a
+    transaction holding a lower id may commit after one holding a higher id (on SQLite writers
+    are serialised and ids commit in order).
+    """
+
+    def __init__(
+        self,
+        id_col: InstrumentedAttribute[int],
+        where: ColumnElement[bool] | None = None,
+        *,
+        settle_seconds: float = SETTLE_SECONDS,
+    ) -> None:
+        self.id_col = id_col
+        self.where = where
+        self.settle_seconds = settle_seconds
+        self._base = 0  # matching rows with id <= _settled
+        self._settled: int | None = None
+        self._seen: deque[tuple[float, int]] = deque()  # (monotonic time, table max id then)
+
+    def _count(self, s: Session, lo: int, hi: int | None = None) -> int:
+        stmt = select(func.count()).select_from(self.id_col.class_).where(self.id_col > lo)
+        if hi is not None:
+            stmt = stmt.where(self.id_col <= hi)
+        if self.where is not None:
+            stmt = stmt.where(self.where)
+        return int(s.scalar(stmt) or 0)
+
+    def value(self, s: Session, now: float | None = None) -> int:
+        """The count now (reads only rows added since the settled watermark)."""
+        now = time.monotonic() if now is None else now
+        top = int(s.scalar(select(func.max(self.id_col))) or 0)
+        if self._settled is None:
+            self._base, self._settled = self._count(s, 0, top), top
+            return self._base
+        candidate = None
+        while self._seen and now - self._seen[0][0] >= self.settle_seconds:
+            candidate = self._seen.popleft()[1]
+        if candidate is not None and candidate > self._settled:
+            self._base += self._count(s, self._settled, candidate)
+            self._settled = candidate
+        self._seen.append((now, top))
+        return self._base + self._count(s, self._settled)
+
+
+@dataclass
+class CumulativeHistogram:
+    """Bucket counts and sum of observations, as Prometheus exposes them."""
+
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # per bucket (not cumulative), +Inf last
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.buckets) + 1)
+
+    def observe(self, value: float) -> None:
+        """Add one observation."""
+        i = next((k for k, b in enumerate(self.buckets) if value <= b), len(self.buckets))
+        self.counts[i] += 1
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        """The histogram as a metric family (cumulative ``le`` buckets)."""
+        cumulative, running = [], 0
+        for bound, n in zip([*map(_le, self.buckets), "+Inf"], self.counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=self.total)
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class SqlCollector(Collector):
+    """A Prometheus collector whose numbers are read from the node's SQL store (and Redis)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        window_seconds: float | None = None,
+        settle_seconds: float = SETTLE_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.window = timedelta(seconds=window_seconds or settings.metrics_window_seconds)
+        self.settle = timedelta(seconds=max(settle_seconds, 5.0))
+        self._lock = threading.Lock()
+        self._instances = IdCount(Instance.id, settle_seconds=settle_seconds)
+        self._studies = IdCount(Study.id, settle_seconds=settle_seconds)
+        self._delivery_failures = IdCount(
+            DeliveryAttempt.id, DeliveryAttempt.success.is_(False), settle_seconds=settle_seconds
+        )
+        self.inference = CumulativeHistogram(INFERENCE_BUCKETS)
+        self.notification = CumulativeHistogram(NOTIFICATION_BUCKETS)
+        self._since: datetime | None = None  # analyses finished from here on are not yet all seen
+        self._observed: dict[int, datetime] = {}  # analysis id -> finished_at, inside the overlap
+        self._redis: Any = None
+
+    # -- SQL ------------------------------------------------------------------------------------
+
+    def _state_counts(self, s: Session) -> dict[str, int]:
+        """Studies per state; the bulk state is derived so no query scans it."""
+        others = [x.value for x in StudyState if x is not _BULK_STATE]
+        rows = s.execute(
+            select(Study.state, func.count()).where(Study.state.in_(others)).group_by(Study.state)
+        ).all()
+        counts = {x.value: 0 for x in StudyState}
+        counts.update({state: int(n) for state, n in rows})
+        total = self._studies.value(s)
+        counts[_BULK_STATE.value] = max(0, total - sum(counts[x] for x in others))
+        return counts
+
+    def _observe_finished(self, s: Session) -> None:
+        """Add analyses finished since the last scrape to the histograms (each exactly once)."""
+        now = utcnow()
+        since = self._since if self._since is not None else now - self.window
+        rows = s.execute(
+            select(
+                Analysis.id,
+                Analysis.finished_at,
+                Analysis.preprocessed_at,
+                Analysis.inferred_at,
+                Analysis.delivered_at,
+                Study.last_received_at,
+            )
+            .join(Study, Analysis.study_id == Study.id)
+            .where(Analysis.finished_at >= since)
+        ).all()
+        for aid, finished, pre, inferred, delivered, last_received in rows:
+            if aid in self._observed or finished is None:
+                continue
+            self._observed[aid] = as_utc(finished) or finished
+            if pre is not None and inferred is not None:
+                self.inference.observe(max(0.0, (inferred - pre).total_seconds()))
+            if delivered is not None and last_received is not None:
+                ttn = (delivered - last_received).total_seconds()
+                if ttn >= 0:  # negative: a late instance re-opened the study after delivery
+                    self.notification.observe(ttn)
+        # next time, look back far enough to catch slow commits and clock skew between workers
+        self._since = now - self.settle
+        self._observed = {k: v for k, v in self._observed.items() if v >= self._since}
+
+    # -- Redis ----------------------------------------------------------------------------------
+
+    def _queue_depth(self, studies: dict[str, int] | None) -> int | None:
+        broker = self.settings.broker_url
+        if not broker:
+            return None if studies is None else studies[StudyState.COMPLETE.value]
+        if not broker.startswith(("redis://", "rediss://")):
+            return None  # another broker: its own exporter knows better
+        import redis
+
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(broker, socket_timeout=2, socket_connect_timeout=2)
+        q = self.settings.queue
+        # kombu's Redis transport keeps priorities 3, 6 and 9 in lists named <queue>\x06\x16<n>
+        keys = [q] + [f"{q}\x06\x16{p}" for p in (3, 6, 9)]
+        pipe = self._redis.pipeline()
+        for k in keys:
+            pipe.llen(k)
+        return int(sum(pipe.execute()))
+
+    # -- Collector ------------------------------------------------------------------------------
+
+    def collect(self) -> Iterable[Metric]:
+        """Called by prometheus_client on every scrape."""
+        with self._lock:
+            yield from self._collect()
+
+    def _collect(self) -> Iterator[Metric]:
+        t0 = time.perf_counter()
+        up = GaugeMetricFamily(
+            "dicomnode_metrics_source_up", "1 if the source answered this scrape", labels=["source"]
+        )
+        studies: dict[str, int] | None = None
+        try:
+            with self.store.session() as s:
+                instances = self._instances.value(s)
+                studies = self._state_counts(s)
+                failures = self._delivery_failures.value(s)
+                self._observe_finished(s)
+        except Exception as exc:  # the database is down: say so, keep serving the other metrics
+            log.warning("metrics.sql_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            up.add_metric(["sql"], 0)
+        else:
+            up.add_metric(["sql"], 1)
+            yield CounterMetricFamily(
+                "dicomnode_instances_received",
+                "DICOM instances received and recorded by the SCP",
+                value=instances,
+            )
+            g = GaugeMetricFamily("dicomnode_studies", "Studies in each state", labels=["state"])
+            for state, n in studies.items():
+                g.add_metric([state], n)
+            yield g
+            yield CounterMetricFamily(
+                "dicomnode_delivery_failures",
+                "Failed C-STORE attempts of result objects to a destination",
+                value=failures,
+            )
+            yield self.inference.family(
+                "dicomnode_inference_seconds", "ONNX inference time per study (preprocessed -> inferred)"
+            )
+            yield self.notification.family(
+                "dicomnode_time_to_notification_seconds",
+                "Last instance received -> results accepted by every destination",
+            )
+        try:
+            depth = self._queue_depth(studies)
+        except Exception as exc:  # Redis down: the gauge goes missing, source_up says why
+            log.warning("metrics.queue_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            up.add_metric(["queue"], 0)
+        else:
+            if depth is not None:
+                up.add_metric(["queue"], 1)
+                yield GaugeMetricFamily(
+                    "dicomnode_queue_depth",
+                    "Complete studies waiting for a worker (Redis queue length, or the in-process backlog)",
+                    value=depth,
+                )
+        yield up
+        yield GaugeMetricFamily(
+            "dicomnode_metrics_scrape_seconds",
+            "Time this scrape spent reading SQL and Redis",
+            value=time.perf_counter() - t0,
+        )
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+
+class MetricsServer:
+    """A running ``/metrics`` HTTP server; :meth:`stop` shuts it down."""
+
+    def __init__(self, httpd: Any, thread: threading.Thread, collector: SqlCollector) -> None:
+        self.httpd = httpd
+        self.thread = thread
+        self.collector = collector
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def stop(self) -> None:
+        """Stop serving and close the server socket and the Redis connection."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+        self.collector.close()
+
+
+def start_metrics_server(settings: Settings, store: Store, *, port: int | None = None) -> MetricsServer:
+    """Serve ``/metrics`` on ``port`` (default ``settings.metrics_port``; 0 picks a free one) in a
+    background thread, reading ``store`` at every scrape. ``dicomnode serve`` calls this."""
+    collector = SqlCollector(settings, store)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    bind = settings.metrics_port if port is None else port
+    httpd, thread = start_http_server(bind, addr=settings.host, registry=registry)
+    server = MetricsServer(httpd, thread, collector)
+    log.info("metrics.started", port=server.port, window_seconds=collector.window.total_seconds())
+    return server
+
+
+__all__ = [
+    "INFERENCE_BUCKETS",
+    "NOTIFICATION_BUCKETS",
+    "CumulativeHistogram",
+    "IdCount",
+    "MetricsServer",
+    "SqlCollector",
+    "start_metrics_server",
+]

@@ -1,0 +1,93 @@
+"""Typed rows (dataclasses) printed as an aligned table, CSV or JSON: the output of
+``dicomnode audit`` and ``dicomnode monitor``."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+FORMATS = ("table", "csv", "json")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def row_dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """Dataclass rows as dicts of JSON-ready values (datetimes as ISO 8601, NaN as None)."""
+    return [{k: _plain(v) for k, v in dataclasses.asdict(r).items()} for r in rows]
+
+
+def table_cells(
+    rows: Sequence[Any], columns: Sequence[str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Column names and display strings (``-`` for none, 3 decimals, times to the second)."""
+    if not rows:
+        return list(columns or []), []
+    names = list(columns) if columns else [f.name for f in dataclasses.fields(rows[0])]
+    return names, [[_cell(getattr(r, n)) for n in names] for r in rows]
+
+
+def render_rows(rows: Sequence[Any], fmt: str, *, columns: Sequence[str] | None = None) -> str:
+    """``rows`` (dataclass instances of one type) as ``table``, ``csv`` or ``json``.
+
+    ``columns`` picks and orders the table's columns; CSV and JSON always carry every field.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "json":
+        return json.dumps(row_dicts(rows), indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        if rows:
+            fields = [f.name for f in dataclasses.fields(rows[0])]
+            w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+            w.writeheader()
+            for d in row_dicts(rows):
+                w.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in d.items()})
+        return buf.getvalue()
+    if not rows:
+        return "(no rows)"
+    names, cells = table_cells(rows, columns)
+    widths = [max(len(n), *(len(c[i]) for c in cells)) for i, n in enumerate(names)]
+    numeric = [all(_is_number(getattr(r, n)) for r in rows) for n in names]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    out = [line(names), "  ".join("-" * w for w in widths)]
+    out += [line(c) for c in cells]
+    return "\n".join(out)
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+__all__ = ["FORMATS", "render_rows", "row_dicts", "table_cells"]
