@@ -1,16 +1,25 @@
-"""The node: SCP + storage + tracker + task runner, started and stopped together."""
+"""The node: SCP + storage + tracker + task runner, started and stopped together.
+
+Start: sweep half-written files, migrate, re-scan disk against SQL, re-arm or re-queue studies a
+previous run left behind, then listen. Stop (SIGTERM): stop accepting, let open associations finish
+for ``shutdown_grace_seconds``, abort the rest (their unanswered instances were never claimed
+stored), stop the tracker and the runner.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from .config import Settings
 from .dispatch import TaskRunner, make_runner
-from .scp import ReceivedInstance, StoreHandler, build_ae, handlers, use_incoming_dir
-from .storage import sweep_partial_writes
+from .recovery import RescanReport, rescan
+from .scp import ReceivedInstance, StoreHandler, build_ae, handlers, server_tls_context
+from .storage import sweep_incoming, sweep_partial_writes
 from .store.db import Store
 from .store.models import StudyState, utcnow
 from .store.queries import studies_in_state
@@ -30,6 +39,13 @@ class Node:
         self.tracker = StudyTracker(settings.quiet_seconds, self._on_study_complete)
         self._server: Any = None
         self._lock = threading.Lock()
+        self.rescan_report: RescanReport | None = None
+        self._stopped = False
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Where C-STORE data sets are received (same filesystem as storage: moved, not copied)."""
+        return self.settings.storage_dir.resolve() / "incoming"
 
     @property
     def port(self) -> int:
@@ -41,21 +57,42 @@ class Node:
     def start(self) -> Node:
         """Migrate the store, reconcile after a restart, start tracker and SCP."""
         s = self.settings
-        s.instances_dir.mkdir(parents=True, exist_ok=True)
-        swept = sweep_partial_writes(s.instances_dir)
+        instances_dir = s.instances_dir.resolve()
+        instances_dir.mkdir(parents=True, exist_ok=True)
+        swept = sweep_partial_writes(instances_dir) + sweep_incoming(self.incoming_dir)
         self.store = Store(s.effective_database_url)
+        self.rescan_report = rescan(self.store, instances_dir)
         if self.runner is None:
             self.runner = make_runner(s, self.store)
         self._recover()
         self.tracker.start()
-        ae = build_ae(s.ae_title)
-        handler = StoreHandler(self.store, s.instances_dir, self._on_stored)
-        self._server = ae.start_server((s.host, s.port), block=False, evt_handlers=handlers(handler))
-        add_event(self.store, "node.started", ae_title=s.ae_title, port=self.port, swept_partial_writes=swept)
+        ae = build_ae(s, self.incoming_dir)
+        handler = StoreHandler(
+            self.store, instances_dir, self._on_stored, duplicate_policy=s.duplicate_policy, fsync=s.fsync
+        )
+        self._server = ae.start_server(
+            (s.host, s.port),
+            block=False,
+            evt_handlers=handlers(handler),
+            ssl_context=server_tls_context(s),
+        )
+        add_event(
+            self.store,
+            "node.started",
+            ae_title=s.ae_title,
+            port=self.port,
+            swept_partial_writes=swept,
+            rescan=self.rescan_report.__dict__,
+        )
         log.info(
             "node.started",
             ae_title=s.ae_title,
             port=self.port,
+            tls=s.tls_cert is not None,
+            client_certificates=s.tls_ca is not None,
+            allowed_calling_aes=list(s.allowed_calling_aes) or "any",
+            max_associations=s.max_associations,
+            duplicate_policy=s.duplicate_policy,
             execution="celery" if s.broker_url else "inprocess",
             destinations=[str(d) for d in s.destinations],
         )
@@ -85,14 +122,41 @@ class Node:
         assert self.runner is not None
         self.runner.submit(study_uid, utcnow())
 
-    def stop(self, *, wait: bool = True) -> None:
-        """Refuse new associations, stop the tracker and the runner.
+    def stop(self, *, wait: bool = True, grace_seconds: float | None = None) -> None:
+        """Refuse new associations, let open ones finish, stop the tracker and the runner.
 
-        Studies still inside their quiet period stay RECEIVING in SQL; the next start gives them a
-        fresh quiet period (a sender may still be sending), so nothing is lost or cut short."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        pynetdicom's ``server.shutdown()`` only stops the accept loop and closes the listening
+        socket; associations already open keep running on their own threads (``ae.shutdown()``
+        would abort them at once). So: shut the server, wait up to ``grace_seconds`` (default
+        ``shutdown_grace_seconds``) for established associations to be released by their senders,
+        then abort what is left; an instance not yet answered was never claimed stored, and the
+        sender re-sends it. Studies still inside their quiet period stay RECEIVING in SQL; the next
+        start gives them a fresh quiet period, so nothing is lost or cut short."""
+        if self._stopped:
+            return
+        self._stopped = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+            deadline = time.monotonic() + grace
+            open_ = [a for a in server.active_associations if a.is_established]
+            if open_:
+                log.info("node.draining", associations=len(open_), grace_seconds=grace)
+            while open_ and time.monotonic() < deadline:
+                time.sleep(0.05)
+                open_ = [a for a in server.active_associations if a.is_established]
+            left = server.active_associations
+            busy = [a for a in left if a.is_established]
+            for assoc in left:
+                assoc.abort()
+            # An aborted association may still be inside its C-STORE handler: let it finish its
+            # write before the store goes away. (Threads that never got an A-ASSOCIATE-RQ sit in
+            # pynetdicom's wait for one until the ACSE timeout; they hold nothing, so no join.)
+            for assoc in busy:
+                assoc.join(timeout=10)
+            if busy:
+                log.warning("node.aborted_associations", associations=len(busy))
         self.tracker.stop()
         if self.runner is not None:
             self.runner.shutdown(wait=wait)
@@ -102,7 +166,7 @@ class Node:
         log.info("node.stopped")
 
     def serve_forever(self) -> None:
-        """Start and block until SIGINT/SIGTERM."""
+        """Start and block until SIGINT/SIGTERM, then stop gracefully."""
         import signal
 
         done = threading.Event()
@@ -113,7 +177,7 @@ class Node:
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-        use_incoming_dir(self.settings.storage_dir / "incoming")
         self.start()
-        done.wait()
+        while not done.wait(1.0):  # wake regularly so signals are handled promptly
+            pass
         self.stop()

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | memoryview) -> StoredFile:
-    """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync the folder."""
+def write_atomic(path: Path, data: bytes | memoryview, *, sync: bool = True) -> StoredFile:
+    """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync the folder.
+
+    ``sync=False`` skips both fsyncs (the file is whole after a process crash, not after a power cut)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}{TMP_SUFFIX}")
     digest = hashlib.sha256(data).hexdigest()
@@ -66,39 +69,53 @@ def write_atomic(path: Path, data: bytes | memoryview) -> StoredFile:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
     return StoredFile(path, len(data), digest)
 
 
-def move_atomic(src: Path, path: Path) -> StoredFile:
-    """Durably move a received temp file (same filesystem) to ``path``, hashing it on the way."""
+def move_atomic(
+    src: Path, path: Path, *, sync: bool = True, digest: tuple[int, str] | None = None
+) -> StoredFile:
+    """Durably move a received temp file (same filesystem) to ``path``.
+
+    ``digest`` is ``(size, sha256)`` when the caller hashed the bytes as they arrived; otherwise the
+    file is read once to hash it. The data is fsynced before the rename and the folder after it, so
+    ``path`` is either absent or whole after a power cut; ``sync=False`` skips the fsyncs."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    size = 0
     with open(src, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-        os.fsync(fh.fileno())
+        if digest is None:
+            h = hashlib.sha256()
+            size = 0
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+            digest = (size, h.hexdigest())
+        if sync:
+            os.fsync(fh.fileno())
     try:
         os.replace(src, path)
     except OSError:  # another filesystem: copy to a temp file beside the target, then rename
         tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
         try:
             shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            if sync:
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    _fsync_dir(path.parent)
-    return StoredFile(path, size, h.hexdigest())
+        Path(src).unlink(missing_ok=True)
+    if sync:
+        _fsync_dir(path.parent)
+    return StoredFile(path, digest[0], digest[1])
 
 
 def sha256_of(path: Path) -> str:
@@ -119,3 +136,34 @@ def sweep_partial_writes(root: Path) -> int:
         p.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def sweep_incoming(incoming_dir: Path) -> int:
+    """Remove receive buffers of associations that never finished (call before the SCP listens)."""
+    if not incoming_dir.is_dir():
+        return 0
+    removed = 0
+    for p in incoming_dir.iterdir():
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def stored_files(root: Path) -> Iterator[Path]:
+    """Every stored instance file under ``root`` (``<study>/<series>/<sop>.dcm``), temp files excluded."""
+    if not root.is_dir():
+        return
+    for study in os.scandir(root):
+        if not study.is_dir(follow_symlinks=False):
+            continue
+        for series in os.scandir(study.path):
+            if not series.is_dir(follow_symlinks=False):
+                continue
+            for f in os.scandir(series.path):
+                if (
+                    f.name.endswith(".dcm")
+                    and not f.name.startswith(".")
+                    and f.is_file(follow_symlinks=False)
+                ):
+                    yield Path(f.path)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .db import Store
@@ -43,6 +43,7 @@ class InstanceRecord:
 class InstanceOutcome:
     duplicate: bool  # the SOP Instance UID was already stored (file overwritten, row updated)
     reopened: bool  # the study had been handed on and a late instance re-opened it
+    previous_path: str | None = None  # for a duplicate: where the row pointed before
 
 
 def record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
@@ -50,58 +51,87 @@ def record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
     for attempt in range(3):
         try:
             return _record_instance(store, rec)
-        except IntegrityError:  # two associations created the same study at once: retry
+        except IntegrityError:  # two associations created the same study or instance at once: retry
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
 
+_STUDIES = Study.__table__
+_INSTANCES = Instance.__table__
+_EVENTS = Event.__table__
+
+
 def _record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
+    # SQLAlchemy Core, one transaction: this runs once per received instance, before the C-STORE
+    # is answered, and the ORM's unit of work costs milliseconds here. Counts change in SQL
+    # (instance_count + 1), never read-modify-write, so concurrent associations lose nothing.
     now = utcnow()
-    with store.session() as s:
-        study = s.scalar(select(Study).where(Study.study_uid == rec.study_uid))
-        reopened = False
+    receiving = StudyState.RECEIVING.value
+    with store.engine.begin() as conn:
+        study = conn.execute(
+            select(_STUDIES.c.id, _STUDIES.c.state).where(_STUDIES.c.study_uid == rec.study_uid)
+        ).first()
         if study is None:
-            study = Study(
-                study_uid=rec.study_uid,
-                calling_ae=rec.calling_ae,
-                accession_number=(rec.accession_number or None),
-                first_received_at=now,
-                last_received_at=now,
-                state=StudyState.RECEIVING.value,
-            )
-            s.add(study)
-            s.flush()
+            study_id = conn.execute(
+                insert(_STUDIES).values(
+                    study_uid=rec.study_uid,
+                    calling_ae=rec.calling_ae,
+                    accession_number=(rec.accession_number or None),
+                    first_received_at=now,
+                    last_received_at=now,
+                    state=receiving,
+                    instance_count=0,
+                )
+            ).inserted_primary_key[0]
+            reopened = False
         else:
-            study.last_received_at = now
-            if study.state != StudyState.RECEIVING.value:
-                reopened = True
-                study.state = StudyState.RECEIVING.value
-                study.state_reason = None
-        inst = s.scalar(select(Instance).where(Instance.sop_instance_uid == rec.sop_instance_uid))
-        duplicate = inst is not None
-        if inst is None:
-            inst = Instance(study_id=study.id, sop_instance_uid=rec.sop_instance_uid)
-            s.add(inst)
-            study.instance_count = (study.instance_count or 0) + 1
-        inst.sop_class_uid = rec.sop_class_uid
-        inst.series_uid = rec.series_uid
-        inst.transfer_syntax_uid = rec.transfer_syntax_uid
-        inst.modality = rec.modality
-        inst.path = rec.path
-        inst.size_bytes = rec.size_bytes
-        inst.sha256 = rec.sha256
-        inst.calling_ae = rec.calling_ae
-        inst.received_at = now
-        if duplicate or reopened:
-            s.add(
-                Event(
-                    kind="instance.duplicate" if duplicate else "study.reopened",
+            study_id, reopened = study.id, study.state != receiving
+        old = conn.execute(
+            select(_INSTANCES.c.id, _INSTANCES.c.study_id, _INSTANCES.c.path).where(
+                _INSTANCES.c.sop_instance_uid == rec.sop_instance_uid
+            )
+        ).first()
+        values = dict(
+            study_id=study_id,
+            sop_class_uid=rec.sop_class_uid,
+            series_uid=rec.series_uid,
+            transfer_syntax_uid=rec.transfer_syntax_uid,
+            modality=rec.modality,
+            path=rec.path,
+            size_bytes=rec.size_bytes,
+            sha256=rec.sha256,
+            calling_ae=rec.calling_ae,
+            received_at=now,
+        )
+        study_values: dict[str, Any] = {"last_received_at": now, "updated_at": now}
+        if old is None:
+            conn.execute(insert(_INSTANCES).values(sop_instance_uid=rec.sop_instance_uid, **values))
+            study_values["instance_count"] = _STUDIES.c.instance_count + 1
+        else:
+            conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == old.id).values(**values))
+            if old.study_id != study_id:  # re-sent under a corrected Study Instance UID: move it
+                conn.execute(
+                    update(_STUDIES)
+                    .where(_STUDIES.c.id == old.study_id, _STUDIES.c.instance_count > 0)
+                    .values(instance_count=_STUDIES.c.instance_count - 1)
+                )
+                study_values["instance_count"] = _STUDIES.c.instance_count + 1
+        if reopened:
+            study_values.update(state=receiving, state_reason=None)
+        conn.execute(update(_STUDIES).where(_STUDIES.c.id == study_id).values(**study_values))
+        if old is not None or reopened:
+            conn.execute(
+                insert(_EVENTS).values(
+                    at=now,
+                    kind="instance.duplicate" if old is not None else "study.reopened",
                     study_uid=rec.study_uid,
                     detail={"sop_instance_uid": rec.sop_instance_uid},
                 )
             )
-    return InstanceOutcome(duplicate=duplicate, reopened=reopened)
+    return InstanceOutcome(
+        duplicate=old is not None, reopened=reopened, previous_path=old.path if old is not None else None
+    )
 
 
 def set_study_state(

@@ -1,0 +1,351 @@
+"""Ingest benchmark: our SCP against DCMTK storescp, both fed by DCMTK storescu, same files, one run.
+
+    .venv/bin/python bench/ingest.py                 # 200 CT 512x512 + 50 DX 2048x2048, 3 repetitions
+    .venv/bin/python bench/ingest.py --reps 5 --profile
+
+The workload is generated once (CT built with pydicom, DX with training.phantoms.make_phantom) into
+``--workload`` and reused. Each repetition starts every receiver fresh on an empty folder, times
+``storescu +sd`` from start to exit, and checks that every file arrived. TCP_NODELAY=1 is set for
+every DCMTK tool (DCMTK 3.6.7 leaves Nagle on otherwise). Receivers:
+
+- ``storescp``: DCMTK, writes each file, no fsync (its default).
+- ``dicomnode``: ``python -m dicomnode serve`` as shipped: chunked receive into the storage
+  filesystem, fsync of file and folder, SQL row committed, then Success.
+- ``dicomnode fsync=off``: the same without the two fsyncs (DICOMNODE_FSYNC=false), to show what
+  durability costs on this disk.
+
+``--profile`` samples the node with py-spy during one extra push and prints where its time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+DCMTK_ENV = dict(os.environ, TCP_NODELAY="1")
+N_CT, N_DX = 200, 50
+
+
+# --------------------------------------------------------------------------------------------
+# workload
+
+
+def _ct(rng: np.random.Generator, study_uid: str, series_uid: str, i: int) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.Modality, ds.PatientID, ds.PatientName = "CT", "BENCH001", "BENCH^CT"
+    ds.InstanceNumber, ds.ImagePositionPatient = i + 1, [0, 0, float(i)]
+    ds.ImageOrientationPatient, ds.PixelSpacing, ds.SliceThickness = [1, 0, 0, 0, 1, 0], [0.7, 0.7], 1.0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = 512
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.PixelData = rng.integers(-1024, 2000, (512, 512), dtype=np.int16).tobytes()
+    return ds
+
+
+def _dx(args: tuple[int, Path]) -> None:
+    from training.phantoms import make_phantom
+
+    seed, out = args
+    ds = make_phantom(np.random.default_rng(seed), bool(seed % 2), size=2048)
+    ds.save_as(out / f"dx{seed:03d}.dcm", enforce_file_format=True)
+
+
+def ensure_workload(root: Path) -> Path:
+    """The folder of 250 files, generated on first use (about a minute: the DX phantoms dominate)."""
+    files, done = root / "files", root / "complete.txt"
+    if not done.exists():
+        shutil.rmtree(files, ignore_errors=True)
+        (files / "ct").mkdir(parents=True)
+        (files / "dx").mkdir()
+        rng = np.random.default_rng(2024)
+        study, series = generate_uid(), generate_uid()
+        for i in range(N_CT):
+            _ct(rng, study, series, i).save_as(files / "ct" / f"ct{i:03d}.dcm", enforce_file_format=True)
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            list(pool.map(_dx, [(s, files / "dx") for s in range(N_DX)]))
+        done.write_text(f"{N_CT} CT, {N_DX} DX\n")
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# receivers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_echo(port: int, aec: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with {proc.returncode}")
+        r = subprocess.run(
+            ["echoscu", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port)],
+            env=DCMTK_ENV,
+            capture_output=True,
+        )
+        if r.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"receiver on {port} not answering C-ECHO")
+
+
+class Receiver:
+    name: str
+    aec: str
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def received(self) -> int:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True)
+        cmd, env = self.command()
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "stderr.log", "wb")
+        )
+        _wait_echo(self.port, self.aec, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class StoreSCP(Receiver):
+    name, aec = "storescp (DCMTK)", "STORESCP"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        out = self.workdir / "out"
+        out.mkdir()
+        return ["storescp", "-aet", self.aec, "-od", str(out), "+xa", str(self.port)], DCMTK_ENV
+
+    def received(self) -> int:
+        return sum(1 for p in (self.workdir / "out").iterdir() if p.is_file())
+
+
+class DicomNode(Receiver):
+    aec = "DICOMNODE"
+
+    def __init__(self, workdir: Path, *, fsync: bool = True, extra: dict[str, str] | None = None) -> None:
+        super().__init__(workdir)
+        self.fsync = fsync
+        self.extra = extra or {}
+        self.name = (
+            "dicomnode"
+            + ("" if fsync else " fsync=off")
+            + "".join(f" {k}={v}" for k, v in self.extra.items())
+        )
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+        env.update(
+            DICOMNODE_HOST="127.0.0.1",
+            DICOMNODE_PORT=str(self.port),
+            DICOMNODE_STORAGE_DIR=str(self.workdir / "node"),
+            DICOMNODE_QUIET_SECONDS="3600",  # ingest only: no analysis during the push
+            DICOMNODE_LOG_LEVEL="warning",
+            DICOMNODE_FSYNC="true" if self.fsync else "false",
+            TCP_NODELAY="1",
+        )
+        env.update({f"DICOMNODE_{k.upper()}": v for k, v in self.extra.items()})
+        return [sys.executable, "-m", "dicomnode", "serve"], env
+
+    def received(self) -> int:
+        return sum(1 for _ in (self.workdir / "node" / "instances").rglob("*.dcm"))
+
+
+def push(receiver: Receiver, workload: Path) -> float:
+    """Seconds for storescu to send the whole folder over one association."""
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [
+            "storescu",
+            "-aet",
+            "BENCH",
+            "-aec",
+            receiver.aec,
+            "127.0.0.1",
+            str(receiver.port),
+            "+sd",
+            str(workload),
+            "+r",
+        ],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"storescu -> {receiver.name} failed: {r.stderr[-2000:]}")
+    return elapsed
+
+
+# --------------------------------------------------------------------------------------------
+# profile
+
+
+def profile(receiver: DicomNode, workload: Path, out: Path) -> None:
+    """py-spy samples the running node during one push; prints the hottest frames."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("\n(py-spy not installed: pip install py-spy to profile)")
+        return
+    receiver.start()
+    assert receiver.proc is not None
+    raw = out / "node.pyspy.txt"
+    rec = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(receiver.proc.pid),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--idle",
+            "-o",
+            str(raw),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    try:
+        push(receiver, workload)
+    finally:
+        rec.send_signal(2)
+        rec.wait(30)
+        receiver.stop()
+    if not raw.exists():
+        print("\n(py-spy could not attach: ptrace not permitted here?)")
+        return
+    # Per thread kind: pynetdicom runs a DUL thread (socket -> PDUs -> DIMSE, receive buffer writes)
+    # and an association thread (our C-STORE handler) per association.
+    kinds = {"DUL thread": "DULServiceProvider.run_reactor", "association thread": "Association.run_reactor"}
+    leaf: dict[str, collections.Counter[str]] = {k: collections.Counter() for k in kinds}
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        for kind, marker in kinds.items():
+            if any(marker in f for f in frames):
+                leaf[kind][frames[-1]] += int(n)
+                break
+    for kind, counter in leaf.items():
+        total = sum(counter.values())
+        if not total:
+            continue
+        print(f"\npy-spy, node {kind} during one push ({total} samples at 250 Hz, idle included):")
+        for f, n in counter.most_common(12):
+            print(f"  {100 * n / total:5.1f}%  {f[:110]}")
+    print(f"(raw stacks: {Path(tempfile.gettempdir()) / 'dicomnode-ingest.pyspy.txt'})")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run_table(label: str, folder: Path, receivers: list[Receiver], reps: int) -> None:
+    """Push ``folder`` to every receiver ``reps`` times (interleaved) and print the medians."""
+    files = sorted(folder.rglob("*.dcm"))
+    total_bytes = sum(p.stat().st_size for p in files)
+    print(f"\n[{label}] {len(files)} files, {total_bytes / 1e6:.0f} MB")
+    times: dict[str, list[float]] = {r.name: [] for r in receivers}
+    for rep in range(reps):
+        for r in receivers:  # interleaved, so drift on the machine hits every receiver alike
+            r.start()
+            try:
+                times[r.name].append(push(r, folder))
+                time.sleep(0.5)  # let the last write settle before counting
+                got = r.received()
+            finally:
+                r.stop()
+            if got != len(files):
+                sys.exit(f"{r.name}: received {got} of {len(files)} files")
+            print(f"  rep {rep + 1}: {r.name:<24} {times[r.name][-1]:6.2f} s", flush=True)
+    base = statistics.median(times[receivers[0].name])
+    print(f"{'receiver':<26} {'median s':>9} {'images/s':>9} {'MB/s':>8} {'vs storescp':>12}   runs (s)")
+    print("-" * 92)
+    for r in receivers:
+        med = statistics.median(times[r.name])
+        runs = " ".join(f"{t:.2f}" for t in times[r.name])
+        print(
+            f"{r.name:<26} {med:>9.2f} {len(files) / med:>9.1f} {total_bytes / 1e6 / med:>8.1f} "
+            f"{base / med:>11.2f}x   {runs}"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument(
+        "--workload", type=Path, default=Path(tempfile.gettempdir()) / "dicomnode-ingest-workload"
+    )
+    ap.add_argument("--no-nosync", action="store_true", help="skip the fsync=off variant")
+    ap.add_argument("--profile", action="store_true", help="py-spy the node during one extra push")
+    ap.add_argument("--split", action="store_true", help="also time the CT and the DX halves on their own")
+    args = ap.parse_args()
+    for tool in ("storescu", "storescp", "echoscu"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: install DCMTK (apt-get install dcmtk)")
+
+    workload = ensure_workload(args.workload)
+    print(f"workload: {N_CT} CT 512x512 + {N_DX} DX 2048x2048 in {workload}; storescu, TCP_NODELAY=1")
+
+    with tempfile.TemporaryDirectory(prefix="dicomnode-ingest-") as tmp:
+        work = Path(tmp)
+        receivers: list[Receiver] = [StoreSCP(work / "storescp"), DicomNode(work / "node")]
+        if not args.no_nosync:
+            receivers.append(DicomNode(work / "node-nosync", fsync=False))
+        parts = [("all", workload)]
+        if args.split:
+            parts += [("CT only", workload / "ct"), ("DX only", workload / "dx")]
+        for label, folder in parts:
+            run_table(label, folder, receivers, args.reps)
+        if args.profile:
+            profile(DicomNode(work / "node-profile"), workload, work)
+            if (work / "node.pyspy.txt").exists():
+                shutil.copy(
+                    work / "node.pyspy.txt", Path(tempfile.gettempdir()) / "dicomnode-ingest.pyspy.txt"
+                )
+
+
+if __name__ == "__main__":
+    main()
