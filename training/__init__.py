@@ -5,8 +5,11 @@ torch: the node and the workers use the preprocessing without the ``train`` extr
 
 Torch-free: :mod:`~training.card` (model card), :mod:`~training.preprocess` (the one
 preprocessing), :mod:`~training.phantoms` (synthetic DX/CR studies), :mod:`~training.datasets`
-(folder/RSNA loaders, patient split), :mod:`~training.evaluate` (metrics),
-:mod:`~training.modelfile` (read a card from an ONNX file), :mod:`~training.demo` (torch only
-when it has to train). Need torch: :mod:`~training.model`, :mod:`~training.train`,
-:mod:`~training.export`. Command line: ``python -m training --help``.
+(folder/RSNA loaders, patient split), :mod:`~training.evaluate` (metrics, calibration, bootstrap
+intervals, the drift baseline histogram), :mod:`~training.modelfile` (read a card from an ONNX
+file, score it with onnxruntime), :mod:`~training.plots` (PNG charts in numpy),
+:mod:`~training.report` (the training report), :mod:`~training.quantize` (INT8 with onnxruntime;
+needs onnx), :mod:`~training.demo` (torch only when it has to train). Need torch:
+:mod:`~training.model`, :mod:`~training.train`, :mod:`~training.export`. Command line:
+``python -m training --help`` (``dicomnode train`` forwards to it).
 """

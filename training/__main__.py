@@ -1,14 +1,18 @@
-"""Command line: ``python -m training {demo-model,phantoms,train,card} ...``.
+"""Command line: ``python -m training {demo-model,phantoms,train,quantize,card} ...``.
 
 Examples::
 
     python -m training demo-model --out models/demo.onnx
     python -m training phantoms --out data/phantoms -n 200 --labels data/phantoms.csv
     python -m training train --data folder --data-dir data/phantoms --labels data/phantoms.csv \\
-        --image-size 224 --width 64 --onnx models/pneumonia.onnx
+        --image-size 224 --width 64 --onnx models/pneumonia.onnx --report reports/pneumonia
+    python -m training quantize --model models/pneumonia.onnx --out models/pneumonia-int8.onnx \\
+        --data folder --data-dir data/phantoms --labels data/phantoms.csv
     python -m training card models/pneumonia.onnx
 
 ``train`` prints the full command line that repeats the run (``train.start command=...``).
+``quantize`` takes the same data options as the training run: it rebuilds that run's validation
+split, calibrates on it and says whether the data fingerprint matches the model card's.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from training.train import TrainConfig
 
+#: the subcommands; ``dicomnode train`` forwards to :func:`main`, adding ``train`` unless its
+#: first argument is one of these
+COMMANDS = ("demo-model", "phantoms", "train", "quantize", "card")
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--data", choices=["phantoms", "folder", "rsna"], default="phantoms")
     d.add_argument("--data-dir", type=Path, help="folder of DICOMs, or the RSNA download root")
@@ -35,6 +43,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--val-fraction", type=float, default=0.2)
     d.add_argument("--test-fraction", type=float, default=0.0)
     d.add_argument("--workers", type=int, default=0, help="threads for preprocessing")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p)
     m = p.add_argument_group("model and preprocessing")
     m.add_argument("--image-size", type=int, default=224)
     m.add_argument("--voi", choices=["header", "percentile"], default="header")
@@ -52,10 +64,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--threads", type=int)
     o.add_argument("--max-train-seconds", type=float)
+    o.add_argument("--bootstrap", type=int, default=1000, help="resamples for metric CIs (0: none)")
     r = p.add_argument_group("outputs")
     r.add_argument("--out-dir", type=Path, help="checkpoint directory")
     r.add_argument("--resume", action="store_true", help="continue from --out-dir/checkpoint.pt")
     r.add_argument("--onnx", type=Path, help="export the best model here")
+    r.add_argument("--report", type=Path, help="write report.md/.html with PNG plots to this folder")
     r.add_argument("--name", default="dicomnode-pneumonia")
     r.add_argument("--version", default="0.1.0")
 
@@ -81,6 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a model; optionally export it to ONNX")
     _add_train_args(tr)
+
+    q = sub.add_parser(
+        "quantize",
+        help="INT8 copy of an exported model, calibrated on its validation split",
+        description="Static INT8 quantisation with onnxruntime; give the data options of the "
+        "training run so its validation split is rebuilt for calibration and evaluation.",
+    )
+    q.add_argument("--model", type=Path, required=True, help="fp32 ONNX from `train --onnx`")
+    q.add_argument("--out", type=Path, required=True, help="INT8 ONNX file to write")
+    q.add_argument("--n-calibration", type=int, default=256, help="validation images to calibrate on")
+    q.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
+    q.add_argument("--no-per-channel", action="store_true", help="one scale per weight tensor")
+    q.add_argument("--reduce-range", action="store_true", help="7-bit weights (x86 CPUs without VNNI)")
+    q.add_argument("--calibrate", choices=["minmax", "percentile", "entropy"], default="minmax")
+    q.add_argument("--seed", type=int, default=0, help="seed of the training run (split and phantoms)")
+    _add_data_args(q)
 
     card = sub.add_parser("card", help="print the model card of an exported ONNX model")
     card.add_argument("model", type=Path)
@@ -146,6 +176,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         out_dir=args.out_dir,
         resume=args.resume,
         max_train_seconds=args.max_train_seconds,
+        bootstrap=args.bootstrap,
     )
 
 
@@ -160,10 +191,87 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.train import train
 
     result = train(train_config_from_args(args))
+    card = result.card(name=args.name, version=args.version)
     if args.onnx is not None:
-        card = result.card(name=args.name, version=args.version)
         export_onnx(result.model, args.onnx, card)
         print(f"train.exported onnx={args.onnx} version={card.version}")
+    if args.report is not None:
+        from training.report import write_report
+
+        assert result.val_labels is not None and result.val_scores is not None
+        test = None
+        if result.test_labels is not None and result.test_scores is not None:
+            test = (result.test_labels, result.test_scores)
+        path = write_report(
+            args.report,
+            card,
+            val=(result.val_labels, result.val_scores),
+            test=test,
+            history=result.history,
+            command=result.config.command(),
+        )
+        print(f"train.report path={path}")
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from training.datasets import load_arrays, split_source
+    from training.modelfile import read_card
+    from training.preprocess import PreprocessConfig
+    from training.quantize import QUANTIZATION_KEY, quantize_int8
+
+    if args.n_calibration < 1:
+        raise ValueError(f"--n-calibration {args.n_calibration} must be at least 1 (e.g. 256)")
+    card = read_card(args.model)
+    config = PreprocessConfig.from_dict(card.preprocess)
+    split, phantom, fingerprint = split_source(
+        args.data,
+        config,
+        data_dir=args.data_dir,
+        labels_csv=args.labels,
+        n_phantoms=args.n_phantoms,
+        phantom_size=args.phantom_size,
+        positive_fraction=args.positive_fraction,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+    )
+    same = fingerprint == card.data_fingerprint
+    print(
+        f"quantize.data fingerprint={fingerprint} card={card.data_fingerprint or '-'} "
+        f"match={same} n_val={len(split.val)}",
+        flush=True,
+    )
+    if not same:
+        print(
+            "quantize.warning the data options do not rebuild the training run's data: calibration "
+            "and the AUROC comparison use other images than its validation split (give the "
+            "training run's --data/--n-phantoms/--val-fraction/--seed)",
+            file=sys.stderr,
+        )
+    x_val, y_val = load_arrays(split.val, config, phantom=phantom, workers=args.workers)
+    test = load_arrays(split.test, config, phantom=phantom, workers=args.workers) if split.test else None
+    pick = np.random.default_rng([args.seed, 0xCA1]).permutation(len(x_val))[: args.n_calibration]
+    out = quantize_int8(
+        args.model,
+        args.out,
+        x_val[np.sort(pick)],
+        validation=(x_val, y_val),
+        test=test,
+        quant_format=args.format,
+        per_channel=not args.no_per_channel,
+        reduce_range=args.reduce_range,
+        calibrate_method=args.calibrate,
+    )
+    q = read_card(out).metrics[QUANTIZATION_KEY]
+    print(
+        f"quantize.done out={out} version={read_card(out).version} fp32_auroc={q['fp32_auroc']:.4f} "
+        f"int8_auroc={q['int8_auroc']:.4f} change={q['auroc_change']:+.4f} "
+        f"threshold={q['fp32_threshold']:.4f}->{q['int8_threshold']:.4f}"
+        + (f" int8_test_auroc={q['int8_test_auroc']:.4f}" if "int8_test_auroc" in q else "")
+    )
     return 0
 
 
@@ -183,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo-model": _cmd_demo,
         "phantoms": _cmd_phantoms,
         "train": _cmd_train,
+        "quantize": _cmd_quantize,
         "card": _cmd_card,
     }
     try:

@@ -163,6 +163,31 @@ def load_rsna(root: Path) -> list[Sample]:
     return samples
 
 
+def load_source(
+    source: str,
+    *,
+    data_dir: Path | None = None,
+    labels_csv: Path | None = None,
+    n_phantoms: int = 600,
+    phantom_size: int = 256,
+    positive_fraction: float = 0.5,
+    seed: int = 0,
+) -> tuple[list[Sample], PhantomSpec | None]:
+    """The samples of a data source ("phantoms", "folder" or "rsna") and, for phantoms, their spec."""
+    if source == "phantoms":
+        spec = PhantomSpec(seed=seed, size=phantom_size)
+        return phantom_samples(n_phantoms, spec, positive_fraction), spec
+    if source == "folder":
+        if data_dir is None or labels_csv is None:
+            raise ValueError("data 'folder' needs --data-dir DIR and --labels CSV")
+        return load_folder(data_dir, labels_csv), None
+    if source == "rsna":
+        if data_dir is None:
+            raise ValueError("data 'rsna' needs --data-dir pointing at the unzipped Kaggle download")
+        return load_rsna(data_dir), None
+    raise ValueError(f"data source {source!r} is unknown: use phantoms, folder or rsna")
+
+
 def split_by_patient(
     samples: Sequence[Sample], *, val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0
 ) -> Split:
@@ -198,6 +223,35 @@ def split_by_patient(
                 "class or a larger val_fraction"
             )
     return split
+
+
+def split_source(
+    source: str,
+    preprocess_config: PreprocessConfig,
+    *,
+    data_dir: Path | None = None,
+    labels_csv: Path | None = None,
+    n_phantoms: int = 600,
+    phantom_size: int = 256,
+    positive_fraction: float = 0.5,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> tuple[Split, PhantomSpec | None, str]:
+    """A data source's patient split, its phantom spec (phantoms only) and the data fingerprint
+    a model trained on it carries in its card (``ModelCard.data_fingerprint``); reads no pixels."""
+    samples, phantom = load_source(
+        source,
+        data_dir=data_dir,
+        labels_csv=labels_csv,
+        n_phantoms=n_phantoms,
+        phantom_size=phantom_size,
+        positive_fraction=positive_fraction,
+        seed=seed,
+    )
+    split = split_by_patient(samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    fp = fingerprint(samples, source, phantom, preprocess_config.to_dict(), val_fraction, test_fraction, seed)
+    return split, phantom, fp
 
 
 def fingerprint(samples: Iterable[Sample], *extra: object) -> str:
@@ -277,8 +331,10 @@ __all__ = [
     "load_folder",
     "load_one",
     "load_rsna",
+    "load_source",
     "phantom_samples",
     "samples_from_phantom_studies",
     "split_by_patient",
+    "split_source",
     "write_labels_csv",
 ]

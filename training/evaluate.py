@@ -1,14 +1,22 @@
-"""Binary classification metrics in numpy (no sklearn): AUROC, AP, operating point.
+"""Binary classification metrics in numpy (no sklearn): AUROC, AP, operating point, calibration,
+bootstrap confidence intervals, and the validation score histogram the node's drift monitor uses.
 
 Convention everywhere: a case is called positive when ``score >= threshold`` (as the model card's
-``threshold`` is read by the worker).
+``threshold`` is read by the worker). Score bins are ten equal-width bins on [0, 1] with
+``numpy.histogram``'s rule (each bin right-open, the last closed, so 1.0 falls in the last).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+#: edges of the score bins used by the ECE, the reliability diagram and the score histogram
+SCORE_BIN_EDGES: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
+#: metrics that get a bootstrap confidence interval in :func:`evaluate_scores`
+CI_METRICS = ("auroc", "average_precision", "sensitivity", "specificity")
 
 
 def _check(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +75,17 @@ def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr, np.r_[np.inf, thr]
 
 
+def precision_recall_curve(
+    y_true: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(recall, precision, thresholds)`` at each distinct score, thresholds decreasing."""
+    y, s = _check(y_true, scores)
+    if not y.any():
+        raise ValueError("a precision-recall curve needs at least one positive case")
+    tps, fps, thr = _curve(y, s)
+    return tps / tps[-1], tps / (tps + fps), thr
+
+
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Average precision: sum over thresholds of (recall step) x precision (as sklearn)."""
     y, s = _check(y_true, scores)
@@ -110,6 +129,7 @@ def metrics_at_threshold(y_true: np.ndarray, scores: np.ndarray, threshold: floa
         "specificity": ratio(tn, tn + fp),
         "precision": prec,
         "f1": float(f1),
+        "recall": sens,
         "accuracy": ratio(tp + tn, y.size),
         "tp": tp,
         "fp": fp,
@@ -124,11 +144,17 @@ def evaluate_scores(
     *,
     threshold: float | None = None,
     target_sensitivity: float = 0.9,
+    bootstrap: int = 0,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> dict[str, Any]:
     """All metrics for one set of scores.
 
     With ``threshold=None`` the threshold is picked here for ``target_sensitivity`` (do that on
-    validation only, and pass the result in for test data).
+    validation only, and pass the result in for test data). ``bootstrap > 0`` adds
+    ``<metric>_ci = [lo, hi]`` for each of :data:`CI_METRICS` (``bootstrap`` resamples, seeded;
+    the threshold stays fixed, so the sensitivity interval leaves out the threshold's own
+    uncertainty).
     """
     y, s = _check(y_true, scores)
     if threshold is None:
@@ -140,14 +166,136 @@ def evaluate_scores(
         "average_precision": average_precision(y, s),
     }
     out.update(metrics_at_threshold(y, s, threshold))
+    if s.min() >= 0.0 and s.max() <= 1.0:  # probabilities; ECE means nothing for other scores
+        out["ece"] = expected_calibration_error(y, s)
+    if bootstrap > 0:
+        thr = float(threshold)
+        fns: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+            "auroc": roc_auc,
+            "average_precision": average_precision,
+            "sensitivity": lambda yy, ss: metrics_at_threshold(yy, ss, thr)["sensitivity"],
+            "specificity": lambda yy, ss: metrics_at_threshold(yy, ss, thr)["specificity"],
+        }
+        for name in CI_METRICS:
+            lo, hi = bootstrap_ci(y, s, fns[name], n=bootstrap, seed=seed, alpha=alpha)
+            out[f"{name}_ci"] = [lo, hi]
+        out["ci"] = {"method": "percentile bootstrap", "n": int(bootstrap), "alpha": float(alpha)}
     return out
 
 
+def round_metrics(value: Any, digits: int = 6) -> Any:
+    """Floats rounded to ``digits`` decimals, inside dicts and lists too (short model-card JSON)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: round_metrics(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [round_metrics(v, digits) for v in value]
+    return value
+
+
+def _bin_index(s: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(edges, s, side="right") - 1, 0, len(edges) - 2)
+
+
+def _edges(n_bins: int) -> np.ndarray:
+    if n_bins < 1:
+        raise ValueError(f"n_bins={n_bins} must be at least 1")
+    return np.linspace(0.0, 1.0, n_bins + 1)
+
+
+def calibration_bins(
+    y_true: np.ndarray, scores: np.ndarray, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width score bin: ``(mean score, fraction positive, count)``; NaN where empty."""
+    y, s = _check(y_true, scores)
+    if s.min() < 0.0 or s.max() > 1.0:
+        raise ValueError("calibration needs probabilities in [0, 1]: pass sigmoid outputs, not logits")
+    idx = _bin_index(s, _edges(n_bins))
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_score = np.bincount(idx, weights=s, minlength=n_bins) / count
+        frac_pos = np.bincount(idx, weights=y.astype(np.float64), minlength=n_bins) / count
+    return mean_score, frac_pos, count.astype(np.int64)
+
+
+def expected_calibration_error(y_true: np.ndarray, scores: np.ndarray, n_bins: int = 10) -> float:
+    """ECE: sum over equal-width bins of (bin share) x |fraction positive - mean score|."""
+    mean_score, frac_pos, count = calibration_bins(y_true, scores, n_bins)
+    used = count > 0
+    weights = count[used] / count.sum()
+    return float(np.sum(weights * np.abs(frac_pos[used] - mean_score[used])))
+
+
+def score_histogram(scores: np.ndarray) -> dict[str, list[float] | list[int]]:
+    """Scores in the ten :data:`SCORE_BIN_EDGES` bins: ``{"edges", "counts", "fractions"}``.
+
+    Stored as ``card.metrics["val_score_histogram"]``: the node's drift monitor compares the
+    scores it sees in the field with it (PSI).
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("no scores to histogram")
+    counts, _ = np.histogram(np.clip(s, 0.0, 1.0), bins=np.asarray(SCORE_BIN_EDGES))
+    return {
+        "edges": list(SCORE_BIN_EDGES),
+        "counts": [int(c) for c in counts],
+        "fractions": [float(c) / s.size for c in counts],
+    }
+
+
+def bootstrap_ci(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile bootstrap ``(1 - alpha)`` confidence interval of ``metric_fn(y, scores)``.
+
+    Cases are resampled with replacement ``n`` times; resamples on which the metric is undefined
+    (one class only: ValueError, or NaN) are drawn again, up to ``n`` extra times.
+    """
+    if n < 1:
+        raise ValueError(f"bootstrap n={n} must be at least 1 (e.g. 1000)")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha={alpha} must lie in (0, 1), e.g. 0.05 for a 95 % interval")
+    y, s = _check(y_true, scores)
+    rng = np.random.default_rng([seed, 0xB007])
+    values: list[float] = []
+    tries = 0
+    while len(values) < n and tries < 2 * n:
+        tries += 1
+        idx = rng.integers(0, y.size, y.size)
+        try:
+            v = float(metric_fn(y[idx], s[idx]))
+        except ValueError:
+            continue
+        if np.isfinite(v):
+            values.append(v)
+    if len(values) < n:
+        raise ValueError(
+            f"the metric was undefined on {tries - len(values)} of {tries} bootstrap resamples: "
+            "too few cases of one class to bootstrap; enlarge the split"
+        )
+    lo, hi = np.quantile(np.asarray(values), [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(lo), float(hi)
+
+
 __all__ = [
+    "CI_METRICS",
+    "SCORE_BIN_EDGES",
     "average_precision",
+    "bootstrap_ci",
+    "calibration_bins",
     "evaluate_scores",
+    "expected_calibration_error",
     "metrics_at_threshold",
+    "precision_recall_curve",
     "roc_auc",
     "roc_curve",
+    "round_metrics",
+    "score_histogram",
     "threshold_for_sensitivity",
 ]

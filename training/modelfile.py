@@ -1,15 +1,22 @@
-"""Read the model card out of an exported ONNX file, with onnxruntime only (no torch, no onnx).
+"""An exported ONNX model file, read with onnxruntime only (no torch, no onnx): its card, its scores.
 
 The worker calls :func:`read_card` when it loads a model: the card says how to preprocess
 (``PreprocessConfig.from_dict(card.preprocess)``), which threshold to report at, and what to put
-in the results' Contributing Equipment.
+in the results' Contributing Equipment. Training-side tools (quantisation, the benchmark) score
+files with :func:`predict_onnx`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from training.card import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 def read_card(path: Path) -> ModelCard:
@@ -48,4 +55,37 @@ def read_card(path: Path) -> ModelCard:
     return ModelCard.from_json(meta[METADATA_KEY])
 
 
-__all__ = ["read_card"]
+def onnx_session(path: Path, *, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU onnxruntime session for ``path`` (all graph optimisations; ``threads`` intra-op)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def predict_onnx(
+    path: Path, images: np.ndarray, *, batch_size: int = 32, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities [N] and CAMs [N, h, w] of the model at ``path`` for preprocessed images
+    ``[N, 1, S, S]``, on the CPU in batches of ``batch_size``."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"expected preprocessed images [N, 1, S, S], got shape {images.shape}")
+    session = onnx_session(path, threads=threads)
+    probs, cams = [], []
+    for i in range(0, len(images), batch_size):
+        batch = np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32)
+        p, c = session.run([PROBABILITY_OUTPUT, CAM_OUTPUT], {INPUT_NAME: batch})
+        probs.append(np.asarray(p).reshape(-1))
+        cams.append(np.asarray(c))
+    if not probs:
+        raise ValueError("no images to score")
+    return np.concatenate(probs), np.concatenate(cams)
+
+
+__all__ = ["onnx_session", "predict_onnx", "read_card"]

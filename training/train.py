@@ -10,6 +10,10 @@ Recipe: AdamW (no weight decay on norms and biases), linear warm-up then cosine 
 ``pos_weight`` class weighting in the BCE loss, augmentation safe for chest radiographs (small
 rotation, scale and shift, brightness and contrast; never a left-right flip, which would put the
 heart on the wrong side), early stopping on validation AUROC, best weights restored at the end.
+
+The final validation (and test) metrics carry the calibration error and percentile-bootstrap
+confidence intervals (``TrainConfig.bootstrap`` resamples); :meth:`TrainResult.card` adds the
+validation score histogram, the baseline of the node's drift monitor.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pydicom.uid import generate_uid
 
 from training import datasets
 from training.card import ModelCard
-from training.evaluate import evaluate_scores
+from training.evaluate import evaluate_scores, round_metrics, score_histogram
 from training.model import ModelConfig, ResNetCAM, build_model
 from training.preprocess import PreprocessConfig
 
@@ -74,6 +78,8 @@ class TrainConfig:
     resume: bool = False
     #: stop after the first epoch that ends past this many seconds of training
     max_train_seconds: float | None = None
+    #: bootstrap resamples for the confidence intervals of the final metrics (0: none)
+    bootstrap: int = 1000
 
     def __post_init__(self) -> None:
         if self.data not in DATA_SOURCES:
@@ -84,6 +90,8 @@ class TrainConfig:
             raise ValueError("data='folder' needs labels_csv (--labels CSV with path,label)")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}: need >= 1, >= 2")
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap={self.bootstrap} must be >= 0 (--bootstrap 0 turns it off)")
         if self.resume and self.out_dir is None:
             raise ValueError("resume=True needs out_dir (--out-dir DIR) holding checkpoint.pt")
 
@@ -126,6 +134,8 @@ class TrainConfig:
             argv.append("--resume")
         if self.max_train_seconds is not None:
             argv += ["--max-train-seconds", str(self.max_train_seconds)]
+        if self.bootstrap != TrainConfig.bootstrap:
+            argv += ["--bootstrap", str(self.bootstrap)]
         return shlex.join(argv)
 
 
@@ -148,6 +158,12 @@ class TrainResult:
     n_test: int
     elapsed_s: float
     checkpoint: Path | None = None
+    #: validation labels and scores of the returned weights (for the report and the drift baseline)
+    val_labels: np.ndarray | None = None
+    val_scores: np.ndarray | None = None
+    #: test labels and scores (when the run had a test split)
+    test_labels: np.ndarray | None = None
+    test_scores: np.ndarray | None = None
 
     @property
     def val_auroc(self) -> float:
@@ -160,14 +176,19 @@ class TrainResult:
         The Device UID is derived from the weights, so it changes with every retrain that
         changes the model (DICOM Contributing Equipment).
         """
-        metrics: dict[str, Any] = {"val": _rounded(self.val_metrics), "best_epoch": self.best_epoch}
+        metrics: dict[str, Any] = {"val": round_metrics(self.val_metrics), "best_epoch": self.best_epoch}
         if self.test_metrics is not None:
-            metrics["test"] = _rounded(self.test_metrics)
+            metrics["test"] = round_metrics(self.test_metrics)
         metrics["n_train"], metrics["n_val"], metrics["n_test"] = (
             self.n_train,
             self.n_val,
             self.n_test,
         )
+        metrics["target_sensitivity"] = self.config.target_sensitivity
+        if self.val_scores is not None:
+            # the drift monitor's baseline (dicomnode.monitoring reads this key)
+            metrics["val_score_histogram"] = round_metrics(score_histogram(self.val_scores))
+            metrics["val_scores_n"] = int(len(self.val_scores))
         return ModelCard(
             name=name,
             version=version,
@@ -179,10 +200,6 @@ class TrainResult:
             data_fingerprint=self.data_fingerprint,
             metrics=metrics,
         )
-
-
-def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -234,6 +251,13 @@ def predict(model: ResNetCAM, x: np.ndarray | torch.Tensor, batch_size: int = 64
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def weighted_bce(y: np.ndarray, p: np.ndarray, pos_weight: float = 1.0) -> float:
+    """Mean binary cross-entropy of probabilities ``p``, positives weighted as in the training loss."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1.0 - 1e-7)
+    y = np.asarray(y, dtype=np.float64)
+    return float(np.mean(-(pos_weight * y * np.log(p) + (1.0 - y) * np.log1p(-p))))
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -255,32 +279,27 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return f
 
 
-def _load_data(config: TrainConfig, log: Callable[..., None]) -> tuple[datasets.Split, Any, str]:
-    phantom: datasets.PhantomSpec | None = None
-    if config.data == "phantoms":
-        phantom = datasets.PhantomSpec(seed=config.seed, size=config.phantom_size)
-        samples = datasets.phantom_samples(config.n_phantoms, phantom, config.phantom_positive_fraction)
-    elif config.data == "folder":
-        assert config.data_dir is not None and config.labels_csv is not None
-        samples = datasets.load_folder(config.data_dir, config.labels_csv)
-    else:
-        assert config.data_dir is not None
-        samples = datasets.load_rsna(config.data_dir)
-    split = datasets.split_by_patient(
-        samples,
+def split_data(config: TrainConfig) -> tuple[datasets.Split, datasets.PhantomSpec | None, str]:
+    """The patient split of ``config``'s data, the phantom spec (phantoms only) and the data
+    fingerprint that goes into the model card; no images are read."""
+    return datasets.split_source(
+        config.data,
+        config.preprocess,
+        data_dir=config.data_dir,
+        labels_csv=config.labels_csv,
+        n_phantoms=config.n_phantoms,
+        phantom_size=config.phantom_size,
+        positive_fraction=config.phantom_positive_fraction,
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
         seed=config.seed,
     )
-    fp = datasets.fingerprint(
-        samples,
-        config.data,
-        phantom,
-        config.preprocess.to_dict(),
-        config.val_fraction,
-        config.test_fraction,
-        config.seed,
-    )
+
+
+def _load_data(
+    config: TrainConfig, log: Callable[..., None]
+) -> tuple[datasets.Split, datasets.PhantomSpec | None, str]:
+    split, phantom, fp = split_data(config)
     log(
         "train.data",
         source=config.data,
@@ -372,6 +391,7 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
         row = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(seen, 1),
+            "val_loss": weighted_bce(y_val, p_val, float(pos_weight)),
             "val_auroc": val["auroc"],
             "val_ap": val["average_precision"],
             "lr": optimizer.param_groups[0]["lr"],
@@ -387,6 +407,7 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
             "train.epoch",
             epoch=f"{epoch + 1}/{config.epochs}",
             loss=round(row["loss"], 4),
+            val_loss=round(row["val_loss"], 4),
             val_auroc=round(val["auroc"], 4),
             val_ap=round(val["average_precision"], 4),
             best=round(best_auroc, 4),
@@ -417,13 +438,16 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
     model.load_state_dict(best_state)
     model.eval()
     p_val = predict(model, x_val)
-    val_metrics = evaluate_scores(y_val, p_val, target_sensitivity=config.target_sensitivity)
+    ci = {"bootstrap": config.bootstrap, "seed": config.seed}
+    val_metrics = evaluate_scores(y_val, p_val, target_sensitivity=config.target_sensitivity, **ci)
     test_metrics = None
+    y_test = p_test = None
     if split.test:
         x_test, y_test = datasets.load_arrays(
             split.test, config.preprocess, phantom=phantom, workers=config.workers
         )
-        test_metrics = evaluate_scores(y_test, predict(model, x_test), threshold=val_metrics["threshold"])
+        p_test = predict(model, x_test)
+        test_metrics = evaluate_scores(y_test, p_test, threshold=val_metrics["threshold"], **ci)
     elapsed = time.perf_counter() - t_start
     log(
         "train.done",
@@ -450,6 +474,10 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
         n_test=len(split.test),
         elapsed_s=elapsed,
         checkpoint=ckpt_path,
+        val_labels=y_val,
+        val_scores=p_val,
+        test_labels=y_test,
+        test_scores=p_test,
     )
 
 
@@ -475,6 +503,8 @@ __all__ = [
     "load_checkpoint_model",
     "log_event",
     "predict",
+    "split_data",
     "train",
+    "weighted_bce",
     "weights_fingerprint",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import subprocess
 import sys
@@ -22,6 +23,9 @@ TORCH_FREE = (
     "training.evaluate",
     "training.modelfile",
     "training.demo",
+    "training.plots",
+    "training.report",
+    "training.quantize",
 )
 
 
@@ -63,3 +67,10 @@ def test_phantoms_command_writes_studies_and_a_labels_csv(tmp_path: Path) -> Non
     for row in rows:
         ds = pydicom.dcmread(out_dir / row["path"])
         assert ds.PatientID == row["patient_id"]
+
+
+def test_every_command_the_dicomnode_passthrough_knows_is_a_training_command() -> None:
+    from training.__main__ import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert tuple(sub.choices) == COMMANDS
