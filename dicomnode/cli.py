@@ -347,10 +347,27 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(argv: list[str]) -> int:
+    """`dicomnode train ARGS` runs `python -m training train ARGS`; `dicomnode train
+    {quantize,phantoms,card,demo-model} ARGS` the other training commands."""
+    from training.__main__ import COMMANDS
+    from training.__main__ import main as training_main
+
+    if not argv or argv[0] not in COMMANDS:
+        argv = ["train", *argv]
+    return training_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
     p.add_argument("--config", help="TOML settings file (or DICOMNODE_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
+    # listed for --help only: main() forwards `train ...` before argparse sees its options
+    sub.add_parser(
+        "train",
+        add_help=False,
+        help="train / quantize / report a model (python -m training; `dicomnode train --help`)",
+    )
 
     sp = sub.add_parser(
         "serve", help="run the node: SCP, tracker, and in-process analysis unless a broker is set"
@@ -495,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # everything after `train` belongs to the training CLI
+        return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
