@@ -63,6 +63,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-augment", action="store_true")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--threads", type=int)
+    o.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if available"
+    )
     o.add_argument("--max-train-seconds", type=float)
     o.add_argument("--bootstrap", type=int, default=1000, help="resamples for metric CIs (0: none)")
     r = p.add_argument_group("outputs")
@@ -172,6 +175,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         augment=not args.no_augment,
         seed=args.seed,
         threads=args.threads,
+        device=args.device,
         workers=args.workers,
         out_dir=args.out_dir,
         resume=args.resume,

@@ -71,6 +71,8 @@ class TrainConfig:
     seed: int = 0
     #: torch CPU threads (None: torch's default)
     threads: int | None = None
+    #: "auto" (CUDA when torch sees a GPU, else CPU), "cpu" or "cuda"
+    device: str = "auto"
     #: processes for preprocessing (0 or 1: in this process)
     workers: int = 0
     #: where checkpoint.pt goes; None: no checkpoints
@@ -126,6 +128,8 @@ class TrainConfig:
             argv.append("--no-augment")
         if self.threads is not None:
             argv += ["--threads", str(self.threads)]
+        if self.device != "auto":
+            argv += ["--device", self.device]
         if self.workers:
             argv += ["--workers", str(self.workers)]
         if self.out_dir is not None:
@@ -238,15 +242,29 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (out - mean) * contrast + mean + brightness
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when torch sees a GPU, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda: torch sees no GPU (CPU-only torch build or no driver); use --device cpu"
+        )
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
 @torch.no_grad()
 def predict(model: ResNetCAM, x: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Probabilities for preprocessed images ``[N, 1, S, S]`` (eval mode, no grad)."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
-        xb = torch.as_tensor(np.asarray(x[i : i + batch_size], dtype=np.float32))
-        out.append(torch.sigmoid(model.logits(xb)).numpy())
+        xb = torch.as_tensor(np.asarray(x[i : i + batch_size], dtype=np.float32), device=device)
+        out.append(torch.sigmoid(model.logits(xb)).cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
@@ -328,7 +346,9 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
     x_val, y_val = datasets.load_arrays(split.val, config.preprocess, phantom=phantom, workers=config.workers)
     log("train.preprocessed", seconds=round(time.perf_counter() - t0, 1), shape=x_train.shape[1:])
 
-    model = build_model(config.model)
+    device = resolve_device(config.device)
+    log("train.device", device=str(device))
+    model = build_model(config.model).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     n_train = len(y_train)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
@@ -339,7 +359,7 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
     n_pos = float(y_train.sum())
-    pos_weight = torch.tensor((n_train - n_pos) / max(n_pos, 1.0))
+    pos_weight = torch.tensor((n_train - n_pos) / max(n_pos, 1.0), device=device)
 
     start_epoch, best_auroc, best_epoch, bad_epochs = 0, -1.0, 0, 0
     best_state = copy.deepcopy(model.state_dict())
@@ -378,7 +398,8 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
             xb = x_train_t[idx].float()
             yb = y_train_t[idx]
             if config.augment:
-                xb = augment_batch(xb, gen)
+                xb = augment_batch(xb, gen)  # on the CPU, with the epoch's generator: reproducible
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             loss = F.binary_cross_entropy_with_logits(model.logits(xb), yb, pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -436,6 +457,7 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
             break
 
     model.load_state_dict(best_state)
+    model.cpu()  # export and the card's fingerprint work on CPU weights
     model.eval()
     p_val = predict(model, x_val)
     ci = {"bootstrap": config.bootstrap, "seed": config.seed}

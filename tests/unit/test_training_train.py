@@ -137,3 +137,19 @@ def test_demo_model_separates_fresh_full_size_phantoms_through_onnxruntime(demo_
     assert roc_auc(labels, prob) >= 0.9
     assert prob[labels].mean() - prob[~labels].mean() > 0.4
     assert cam.min() >= 0.0 and cam.max() <= 1.0
+
+
+def test_device_auto_falls_back_to_cpu_and_cuda_without_gpu_says_what_to_do() -> None:
+    import torch
+
+    from training.train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    else:
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="--device cpu"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        resolve_device("tpu")
