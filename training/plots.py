@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .font import GLYPH_HEIGHT, text_mask, text_width
+
 Color = tuple[int, int, int]
 #: x or y values of a series: a sequence of floats or a 1-D array
 Values = Sequence[float] | np.ndarray
@@ -30,67 +32,6 @@ GREY: Color = (150, 150, 150)
 LIGHT: Color = (225, 225, 225)
 WHITE: Color = (255, 255, 255)
 
-# 5x7 glyphs, rows top to bottom; "#" is ink
-_GLYPHS: dict[str, str] = {
-    "0": ".###. #...# #..## #.#.# ##..# #...# .###.",
-    "1": "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "2": ".###. #...# ....# ...#. ..#.. .#... #####",
-    "3": "##### ...#. ..#.. ...#. ....# #...# .###.",
-    "4": "...#. ..##. .#.#. #..#. ##### ...#. ...#.",
-    "5": "##### #.... ####. ....# ....# #...# .###.",
-    "6": "..##. .#... #.... ####. #...# #...# .###.",
-    "7": "##### ....# ...#. ..#.. .#... .#... .#...",
-    "8": ".###. #...# #...# .###. #...# #...# .###.",
-    "9": ".###. #...# #...# .#### ....# ...#. .##..",
-    "A": ".###. #...# #...# ##### #...# #...# #...#",
-    "B": "####. #...# #...# ####. #...# #...# ####.",
-    "C": ".###. #...# #.... #.... #.... #...# .###.",
-    "D": "###.. #..#. #...# #...# #...# #..#. ###..",
-    "E": "##### #.... #.... ####. #.... #.... #####",
-    "F": "##### #.... #.... ####. #.... #.... #....",
-    "G": ".###. #...# #.... #.### #...# #...# .####",
-    "H": "#...# #...# #...# ##### #...# #...# #...#",
-    "I": ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "J": "..### ...#. ...#. ...#. ...#. #..#. .##..",
-    "K": "#...# #..#. #.#.. ##... #.#.. #..#. #...#",
-    "L": "#.... #.... #.... #.... #.... #.... #####",
-    "M": "#...# ##.## #.#.# #.#.# #...# #...# #...#",
-    "N": "#...# #...# ##..# #.#.# #..## #...# #...#",
-    "O": ".###. #...# #...# #...# #...# #...# .###.",
-    "P": "####. #...# #...# ####. #.... #.... #....",
-    "Q": ".###. #...# #...# #...# #.#.# #..#. .##.#",
-    "R": "####. #...# #...# ####. #.#.. #..#. #...#",
-    "S": ".#### #.... #.... .###. ....# ....# ####.",
-    "T": "##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
-    "U": "#...# #...# #...# #...# #...# #...# .###.",
-    "V": "#...# #...# #...# #...# #...# .#.#. ..#..",
-    "W": "#...# #...# #...# #.#.# #.#.# #.#.# .#.#.",
-    "X": "#...# #...# .#.#. ..#.. .#.#. #...# #...#",
-    "Y": "#...# #...# .#.#. ..#.. ..#.. ..#.. ..#..",
-    "Z": "##### ....# ...#. ..#.. .#... #.... #####",
-    " ": "..... ..... ..... ..... ..... ..... .....",
-    ".": "..... ..... ..... ..... ..... .##.. .##..",
-    ",": "..... ..... ..... ..... .##.. ..#.. .#...",
-    "-": "..... ..... ..... .###. ..... ..... .....",
-    "+": "..... ..#.. ..#.. ##### ..#.. ..#.. .....",
-    ":": "..... .##.. .##.. ..... .##.. .##.. .....",
-    "(": "...#. ..#.. .#... .#... .#... ..#.. ...#.",
-    ")": ".#... ..#.. ...#. ...#. ...#. ..#.. .#...",
-    "[": ".###. .#... .#... .#... .#... .#... .###.",
-    "]": ".###. ...#. ...#. ...#. ...#. ...#. .###.",
-    "/": "..... ....# ...#. ..#.. .#... #.... .....",
-    "%": "##... ##..# ...#. ..#.. .#... #..## ...##",
-    "=": "..... ..... ##### ..... ##### ..... .....",
-    "_": "..... ..... ..... ..... ..... ..... #####",
-    "<": "...#. ..#.. .#... #.... .#... ..#.. ...#.",
-    ">": ".#... ..#.. ...#. ....# ...#. ..#.. .#...",
-    "?": ".###. #...# ....# ...#. ..#.. ..... ..#..",
-}
-_FONT: dict[str, np.ndarray] = {
-    ch: np.array([[c == "#" for c in row] for row in rows.split()], dtype=bool)
-    for ch, rows in _GLYPHS.items()
-}
-GLYPH_W, GLYPH_H = 5, 7
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -111,11 +52,6 @@ def encode_png(rgb: np.ndarray) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw, 9))
         + chunk(b"IEND", b"")
     )
-
-
-def text_width(text: str, scale: int = 1) -> int:
-    """Width in pixels of ``text`` drawn by :meth:`Canvas.text`."""
-    return max(0, len(text) * (GLYPH_W + 1) - 1) * scale
 
 
 class Canvas:
@@ -193,18 +129,14 @@ class Canvas:
         w = text_width(text, scale)
         left = int(round(x - {"left": 0, "centre": w / 2, "right": w}[anchor]))
         top = int(round(y))
-        for i, ch in enumerate(text):
-            glyph = _FONT.get(ch, _FONT["?"])
-            big = np.kron(glyph, np.ones((scale, scale), dtype=bool))
-            gx = left + i * (GLYPH_W + 1) * scale
-            ys, xs = np.nonzero(big)
-            xs, ys = xs + gx, ys + top
-            ok = (xs >= 0) & (xs < self.width) & (ys >= 0) & (ys < self.height)
-            self.pixels[ys[ok], xs[ok]] = color
+        ys, xs = np.nonzero(text_mask(text, scale))
+        xs, ys = xs + left, ys + top
+        ok = (xs >= 0) & (xs < self.width) & (ys >= 0) & (ys < self.height)
+        self.pixels[ys[ok], xs[ok]] = color
 
     def vertical_text(self, x: float, y: float, text: str, color: Color = BLACK, scale: int = 1) -> None:
         """``text`` rotated a quarter turn anticlockwise, centred on ``y``, its left edge at ``x``."""
-        w, h = text_width(text.upper(), scale), GLYPH_H * scale
+        w, h = text_width(text.upper(), scale), GLYPH_HEIGHT * scale
         tmp = Canvas(w, h, WHITE)
         tmp.text(0, 0, text, BLACK, scale)
         ink = np.rot90(np.any(tmp.pixels != 255, axis=2))
@@ -380,4 +312,4 @@ class Chart:
         return path
 
 
-__all__ = ["PALETTE", "Canvas", "Chart", "Series", "encode_png", "nice_ticks", "text_width"]
+__all__ = ["PALETTE", "Canvas", "Chart", "Series", "encode_png", "nice_ticks"]

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 
+from training.font import GLYPH_HEIGHT, text_mask, text_width
 from training.preprocess import PreprocessConfig, resize_area, to_unit_image
-
-from .font import GLYPH_HEIGHT, text_mask, text_width
 
 __all__ = ["MAX_SIDE", "MIN_WIDTH", "Rendered", "display_image", "jet", "render_heatmap"]
 
