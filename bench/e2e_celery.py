@@ -19,7 +19,6 @@ the node's SQL record and the PACS's receive times, on one clock.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import subprocess
@@ -47,19 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def worker_env(s: Settings) -> dict[str, str]:
-    """The ``DICOMNODE_*`` environment giving a worker process exactly these settings."""
+    """This process's environment with the ``DICOMNODE_*`` variables giving a worker ``s``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
-    for f in dataclasses.fields(s):
-        value = getattr(s, f.name)
-        if f.name == "extra" or value is None:
-            continue
-        if isinstance(value, tuple):
-            value = ",".join(str(v) if str(v) else "-" for v in value)
-        env[f"DICOMNODE_{f.name.upper()}"] = str(value)
-    env["DICOMNODE_DATABASE_URL"] = s.effective_database_url
-    env["DICOMNODE_MODEL"] = str(s.model_path)
-    env["DICOMNODE_LOG_LEVEL"] = "warning"
-    env["PYTHONUNBUFFERED"] = "1"
+    env.update(s.to_env(), DICOMNODE_LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
     return env
 
 

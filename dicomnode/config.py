@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,25 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some settings replaced (validated again)."""
         return _validate(replace(self, **changes))
+
+    def to_env(self) -> dict[str, str]:
+        """The ``DICOMNODE_*`` variables that give another process (a worker) these settings.
+
+        ``load_settings(env=s.to_env())`` equals ``s`` with the database URL and model path made
+        explicit. An empty code in a list is written as ``-`` (attribute missing)."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(str(v) if str(v) else "-" for v in value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[ENV_PREFIX + f.name.upper()] = str(value)
+        env[ENV_PREFIX + "DATABASE_URL"] = self.effective_database_url
+        env[ENV_PREFIX + "MODEL"] = str(self.model_path)
+        return env
 
 
 def parse_destinations(

@@ -106,21 +106,9 @@ def pg_url() -> Iterator[str]:
 
 
 def settings_env(s: Settings) -> dict[str, str]:
-    """The DICOMNODE_* environment that gives a worker process exactly the same settings."""
-    import dataclasses
-
+    """This process's environment with the DICOMNODE_* variables that give a worker ``s``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
-    for f in dataclasses.fields(s):
-        value = getattr(s, f.name)
-        if f.name == "extra" or value is None:
-            continue
-        if isinstance(value, tuple):
-            value = ",".join(str(v) if str(v) else "-" for v in value)
-        env[f"DICOMNODE_{f.name.upper()}"] = str(value)
-    env["DICOMNODE_DATABASE_URL"] = s.effective_database_url
-    env["DICOMNODE_MODEL"] = str(s.model_path)
-    env["DICOMNODE_LOG_FORMAT"] = "json"
-    env["PYTHONUNBUFFERED"] = "1"
+    env.update(s.to_env(), DICOMNODE_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
     return env
 
 

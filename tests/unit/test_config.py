@@ -61,3 +61,17 @@ def test_cli_reports_config_error_and_exits_2(
     monkeypatch.setenv("DICOMNODE_PORT", "notaport")
     assert main(["results"]) == 2
     assert "DICOMNODE_PORT" in capsys.readouterr().err
+
+
+def test_to_env_round_trips_every_setting(tmp_path: Path) -> None:
+    from dicomnode.config import Settings
+
+    s = Settings(
+        storage_dir=tmp_path,
+        destinations=(Destination("PACS", "10.0.0.5", 104),),
+        select_views=("PA", ""),
+        fsync=False,
+        quiet_seconds=1.5,
+    )
+    back = load_settings(env=s.to_env())
+    assert back == s.with_overrides(database_url=s.effective_database_url, model=s.model_path)
