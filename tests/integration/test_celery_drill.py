@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,24 +23,10 @@ from dicomnode.receiver import Receiver
 from dicomnode.store.db import Store, migrate
 from dicomnode.store.models import Analysis, DeliveryAttempt, StudyState
 from dicomnode.store.queries import study_state
+from tests.support import free_port, wait_until
 from training.phantoms import write_phantom_studies
 
 from ..conftest import REDIS_URL, CeleryWorker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_killed_worker_task_is_finished_by_another_and_sr_arrives_once(
@@ -52,7 +37,7 @@ def test_killed_worker_task_is_finished_by_another_and_sr_arrives_once(
     celery_worker_factory: Callable[[Settings], CeleryWorker],
     celery_queue: str,
 ) -> None:
-    pacs_port = _free_port()  # nothing listens here yet: the PACS is "down"
+    pacs_port = free_port()  # nothing listens here yet: the PACS is "down"
     settings = make_settings(
         broker_url=REDIS_URL,
         queue=celery_queue,
@@ -76,7 +61,7 @@ def test_killed_worker_task_is_finished_by_another_and_sr_arrives_once(
                 return int(s.scalar(select(func.count()).select_from(DeliveryAttempt)) or 0)
 
         # the first worker is inside the task: analysed, retrying delivery to the absent PACS
-        _wait(lambda: failed_attempts() >= 2, 60, "the first worker's failed delivery attempts")
+        wait_until(lambda: failed_attempts() >= 2, 60, "the first worker's failed delivery attempts")
         assert study_state(store, study.study_uid) is StudyState.ANALYSING
         os.kill(first.proc.pid, signal.SIGKILL)
         first.proc.wait(10)
@@ -88,7 +73,7 @@ def test_killed_worker_task_is_finished_by_another_and_sr_arrives_once(
             srs = [r for r in pacs.received if r.sop_class_uid == str(Comprehensive3DSRStorage)]
             assert len(got) == 2 and len(pacs.received) == 2, [r.sop_class_uid for r in pacs.received]
             assert len(srs) == 1 and srs[0].study_uid == study.study_uid
-        _wait(lambda: study_state(store, study.study_uid) is StudyState.DELIVERED, 30, "DELIVERED state")
+        wait_until(lambda: study_state(store, study.study_uid) is StudyState.DELIVERED, 30, "DELIVERED state")
         with store.session() as s:
             analyses = s.scalars(select(Analysis).order_by(Analysis.id)).all()
             executions = [(a.execution, a.finished_at) for a in analyses]

@@ -28,18 +28,10 @@ from dicomnode.receiver import Receiver
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Study, StudyState
 from dicomnode.store.queries import as_utc, latest_analysis, study_state
+from tests.support import wait_until
 from training.phantoms import write_phantom_studies
 
 from .orthanc import free_port
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _attempts(store: Store, study_uid: str) -> list[DeliveryAttempt]:
@@ -113,7 +105,9 @@ def test_pacs_down_for_30_seconds_gets_the_results_exactly_once(
 
     store = Store(settings.effective_database_url, run_migrations=False)
     try:
-        _wait(lambda: len(_attempts(store, study.study_uid)) > 0, 60, "the first failed delivery attempt")
+        wait_until(
+            lambda: len(_attempts(store, study.study_uid)) > 0, 60, "the first failed delivery attempt"
+        )
         first = _attempts(store, study.study_uid)[0]
         assert not first.success and first.status is None
         ready_at = as_utc(first.attempted_at)
@@ -133,7 +127,7 @@ def test_pacs_down_for_30_seconds_gets_the_results_exactly_once(
         assert classes == sorted([str(Comprehensive3DSRStorage), str(SecondaryCaptureImageStorage)])
         assert all(r.study_uid == study.study_uid and r.at >= started for r in received)
 
-        _wait(lambda: study_state(store, study.study_uid) is StudyState.DELIVERED, 30, "DELIVERED state")
+        wait_until(lambda: study_state(store, study.study_uid) is StudyState.DELIVERED, 30, "DELIVERED state")
         a = latest_analysis(store, study.study_uid)
         assert a is not None and a.delivered_at is not None
         assert {a.sr_sop_instance_uid, a.sc_sop_instance_uid} == {r.sop_instance_uid for r in received}
@@ -174,7 +168,7 @@ def test_exhausted_retries_mark_delivery_failed_and_resend_delivers_once_the_pac
 
     store = Store(settings.effective_database_url, run_migrations=False)
     try:
-        _wait(
+        wait_until(
             lambda: study_state(store, study.study_uid) is StudyState.DELIVERY_FAILED,
             60,
             "DELIVERY_FAILED state",

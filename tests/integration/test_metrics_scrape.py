@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dicomnode.push import push_files
 from dicomnode.receiver import Receiver
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Instance, Study, utcnow
+from tests.support import free_port
 from training.phantoms import write_phantom_studies
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -96,16 +96,10 @@ def test_counters_gauges_and_histograms_follow_a_burst_of_studies(
         store.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_failed_deliveries_are_counted(
     tmp_path: Path, make_settings: Callable[..., Settings], node_factory: Callable[[Settings], Node]
 ) -> None:
-    dead = Destination("NOBODY", "127.0.0.1", _free_port())
+    dead = Destination("NOBODY", "127.0.0.1", free_port())
     settings = make_settings(destinations=(dead,), delivery_attempts=2, delivery_backoff_seconds=0.05)
     node = node_factory(settings)
     store = Store(settings.effective_database_url, run_migrations=False)

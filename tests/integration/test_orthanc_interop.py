@@ -20,19 +20,11 @@ from dicomnode.node import Node
 from dicomnode.store.db import Store
 from dicomnode.store.models import Study, StudyState
 from dicomnode.store.queries import latest_analysis, study_state
+from tests.support import wait_until
 from training.phantoms import write_phantom_studies
 
 from ..conftest import need_tool
 from .orthanc import Orthanc, free_port
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_orthanc_pushes_a_study_and_receives_sr_and_sc_into_the_same_study(
@@ -68,7 +60,7 @@ def test_orthanc_pushes_a_study_and_receives_sr_and_sc_into_the_same_study(
         def three_instances() -> bool:
             return len(orthanc.get(f"/studies/{study_id}/instances")) >= 3
 
-        _wait(three_instances, 90, f"SR + SC in Orthanc's study (log: {orthanc.log_tail(800)})")
+        wait_until(three_instances, 90, f"SR + SC in Orthanc's study (log: {orthanc.log_tail(800)})")
         time.sleep(1.0)  # a duplicate or a stray study would show up now
         tags = orthanc.study_instances(study_id)
         # the results joined the source study: no second study or patient was created
@@ -102,7 +94,7 @@ def test_orthanc_pushes_a_study_and_receives_sr_and_sc_into_the_same_study(
     # the node's record: the study came from Orthanc's AE and its results were delivered there
     store = Store(node.settings.effective_database_url, run_migrations=False)
     try:
-        _wait(lambda: study_state(store, study.study_uid) is StudyState.DELIVERED, 30, "DELIVERED state")
+        wait_until(lambda: study_state(store, study.study_uid) is StudyState.DELIVERED, 30, "DELIVERED state")
         with store.session() as s:
             row = s.query(Study).filter_by(study_uid=study.study_uid).one()
             assert row.calling_ae == "ORTHANC"

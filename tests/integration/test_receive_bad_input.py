@@ -22,13 +22,13 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import Verification
 
 from dicomnode import status
 from dicomnode.config import Settings
 from dicomnode.node import Node
 from dicomnode.push import push_files
 from dicomnode.store.queries import study_instances
+from tests.support import echo_ok
 from training.phantoms import make_phantom
 
 from .test_scp_refusals import _raw_file
@@ -53,17 +53,6 @@ def node(tmp_path: Path, node_factory: Callable[[Settings], Node]) -> Node:
 def logs() -> Iterator[list[dict[str, Any]]]:
     with structlog.testing.capture_logs() as captured:
         yield captured
-
-
-def _echo_ok(port: int) -> bool:
-    ae = AE(ae_title="ECHOSCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    try:
-        return bool(assoc.is_established and assoc.send_c_echo().Status == status.SUCCESS)
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def _phantom(seed: int) -> Dataset:
@@ -118,7 +107,7 @@ def test_uid_with_wrong_vr_or_unknown_vr_gets_c210(
     assert len(refused) == 2 and all(e["status"] == status.CANNOT_UNDERSTAND for e in refused)
     assert {e["error"] for e in refused} == {"ValueError", "NotImplementedError"}
     _no_patient_data(logs)
-    assert _echo_ok(node.port)
+    assert echo_ok(node.port)
 
 
 def test_implicit_vr_body_in_an_explicit_vr_context_gets_c210(
@@ -185,7 +174,7 @@ def test_junk_bytes_on_the_port_drop_the_connection_and_node_keeps_serving(
         time.sleep(0.05)
     [line] = [e for e in logs if e["event"] == "connection.dropped"]
     assert line["peer"] == "127.0.0.1" and line["log_level"] == "warning"
-    assert _echo_ok(node.port)
+    assert echo_ok(node.port)
     assert _stored(node) == []
 
 
@@ -247,7 +236,7 @@ def test_sender_vanishing_mid_instance_leaves_nothing_behind(
     assert _stored(node) == []
     assert node.store is not None and study_instances(node.store, ds.StudyInstanceUID) == []
     _no_patient_data(logs)
-    assert _echo_ok(node.port)
+    assert echo_ok(node.port)
 
 
 def test_c_store_request_without_sop_class_drops_the_association_and_is_logged(
@@ -274,5 +263,5 @@ def test_c_store_request_without_sop_class_drops_the_association_and_is_logged(
         time.sleep(0.05)
     [line] = [e for e in logs if e["event"] == "association.failed"]
     assert line["calling_ae"] == "BROKENSCU" and line["log_level"] == "error"
-    assert _echo_ok(node.port)
+    assert echo_ok(node.port)
     assert _stored(node) == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,6 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from dicomnode import status
@@ -38,34 +36,17 @@ from dicomnode.push import PushResult, push_files
 from dicomnode.receiver import Receiver
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, Study
+from tests.support import echo_ok, free_port
 from training.phantoms import make_phantom
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _echo_ok(port: int, timeout: float = 5) -> bool:
-    ae = AE(ae_title="ECHOSCU")
-    ae.acse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    try:
-        return bool(assoc.is_established and assoc.send_c_echo().Status == status.SUCCESS)
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 class NodeProcess:
     """``python -m dicomnode serve`` with DICOMNODE_* settings, its log in a file."""
 
     def __init__(self, storage_dir: Path, log_path: Path, **settings: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.storage_dir = storage_dir
         self.log_path = log_path
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
@@ -88,7 +69,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            if _echo_ok(self.port, timeout=1):
+            if echo_ok(self.port, timeout=1):
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"node not answering C-ECHO after {timeout} s:\n{self.log()[-3000:]}")
@@ -177,9 +158,9 @@ def test_sigterm_refuses_new_associations_and_lets_the_open_one_finish(
     assert node.proc is not None
     node.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while _echo_ok(node.port, timeout=1) and time.monotonic() < deadline:
+    while echo_ok(node.port, timeout=1) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _echo_ok(node.port, timeout=1), "the node still accepts associations after SIGTERM"
+    assert not echo_ok(node.port, timeout=1), "the node still accepts associations after SIGTERM"
     # the association opened before SIGTERM still works, and the node waits for it
     assert [assoc.send_c_store(f).Status for f in files[1:]] == [status.SUCCESS] * 2
     assert node.proc.poll() is None, "the node exited under an open association"

@@ -22,13 +22,13 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from dicomnode import status
 from dicomnode.config import Settings
 from dicomnode.node import Node
 from dicomnode.store.models import Instance
+from tests.support import echo_ok
 
 CORPUS = Path(pydicom.__file__).parent / "data" / "test_files"
 NOT_DICOM_SUFFIXES = {".txt", ".json", ".dump", ".icc", ".gz", ".py"}
@@ -97,17 +97,6 @@ def _name(uid: str) -> str:
     return (u.name if u is not None and u.name != uid else uid)[:38] or "-"
 
 
-def _echo_ok(port: int) -> bool:
-    ae = AE(ae_title="ECHOSCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    try:
-        return bool(assoc.is_established and assoc.send_c_echo().Status == status.SUCCESS)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
 def test_every_pydicom_test_file_is_stored_or_refused_with_a_documented_status(
     tmp_path: Path,
     node_factory: Callable[[Settings], Node],
@@ -174,7 +163,7 @@ def test_every_pydicom_test_file_is_stored_or_refused_with_a_documented_status(
 
     assert not undocumented, f"undocumented outcomes: {undocumented}; summary: {summary}"
     assert outcomes["0x0000 Success"] >= 100, summary
-    assert _echo_ok(node.port), "the node stopped answering C-ECHO after the corpus"
+    assert echo_ok(node.port), "the node stopped answering C-ECHO after the corpus"
     assert node.store is not None
     with node.store.session() as s:
         recorded = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).all())

@@ -13,13 +13,12 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 from dicomnode import status
 from dicomnode.config import Settings
 from dicomnode.node import Node
 from dicomnode.push import push_files
+from tests.support import echo_ok
 from training.phantoms import make_phantom
 
 
@@ -27,17 +26,6 @@ from training.phantoms import make_phantom
 def bare_node(tmp_path: Path, node_factory: Callable[[Settings], Node]) -> Node:
     """A node with no model and no destination: these tests never reach analysis."""
     return node_factory(Settings(host="127.0.0.1", port=0, storage_dir=tmp_path / "node", quiet_seconds=3600))
-
-
-def _echo_ok(port: int) -> bool:
-    ae = AE(ae_title="ECHOSCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    try:
-        return assoc.is_established and assoc.send_c_echo().Status == 0
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def _raw_file(path: Path, sop_class: str, sop_uid: str, body: bytes) -> Path:
@@ -66,7 +54,7 @@ def test_unknown_sop_class_gets_0122_and_node_keeps_serving(bare_node: Node, tmp
     [res] = push_files([f], "127.0.0.1", bare_node.port)
     assert res.status == status.SOP_CLASS_NOT_SUPPORTED
     assert _stored_files(bare_node) == []
-    assert _echo_ok(bare_node.port)
+    assert echo_ok(bare_node.port)
 
 
 def test_unparseable_dataset_gets_c210_and_nothing_is_stored(bare_node: Node, tmp_path: Path) -> None:
@@ -82,7 +70,7 @@ def test_unparseable_dataset_gets_c210_and_nothing_is_stored(bare_node: Node, tm
     results = push_files(files, "127.0.0.1", bare_node.port)
     assert [r.status for r in results] == [status.CANNOT_UNDERSTAND] * 2
     assert _stored_files(bare_node) == []
-    assert _echo_ok(bare_node.port)
+    assert echo_ok(bare_node.port)
 
 
 def test_dataset_not_matching_its_context_gets_a900(bare_node: Node, tmp_path: Path) -> None:
@@ -96,7 +84,7 @@ def test_dataset_not_matching_its_context_gets_a900(bare_node: Node, tmp_path: P
     [res] = push_files([f], "127.0.0.1", bare_node.port)
     assert res.status == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert _stored_files(bare_node) == []
-    assert _echo_ok(bare_node.port)
+    assert echo_ok(bare_node.port)
 
 
 def test_valid_instance_is_stored_durably_and_recorded(bare_node: Node, tmp_path: Path) -> None:

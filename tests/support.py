@@ -1,0 +1,42 @@
+"""Small helpers shared by the network tests: free ports, waiting, C-ECHO."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, *, poll: float = 0.1) -> None:
+    """Poll ``pred`` until it is true; fail the test naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def echo_ok(
+    port: int, *, called_ae: str = "DICOMNODE", calling_ae: str = "ECHOSCU", timeout: float = 5
+) -> bool:
+    """True if a C-ECHO to the node on ``port`` gets Success (the node still serves)."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    try:
+        return bool(assoc.is_established and assoc.send_c_echo().Status == 0x0000)
+    finally:
+        if assoc.is_established:
+            assoc.release()
