@@ -29,8 +29,10 @@ peers:
 demo: $(STAMP)
 	$(VENV)/bin/dicomnode demo
 
-test: $(STAMP) peers
+# lint first: a type or lint error fails fast, before the minutes-long suite
+test: lint peers
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dicomnode worker training tests bench
+	$(VENV)/bin/mypy dicomnode worker training

@@ -98,7 +98,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_echo(args: argparse.Namespace) -> int:
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at runtime, not in the stub
 
     ae = AE(ae_title=args.calling_ae)
     ae.acse_timeout = ae.network_timeout = args.timeout

@@ -135,7 +135,7 @@ def run_demo(
     )
     print("\nReading order from the SRs received at the PACS (urgent first):")
     for i, item in enumerate(order, 1):
-        e = getattr(item, "entry", item)
+        e = item.entry
         print(f"  {i}. ...{e.study_uid[-16:]}  {e.priority.value:<8} p={e.probability:.3f}")
     return rows
 

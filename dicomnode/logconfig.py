@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -15,7 +16,7 @@ import structlog
 _PATIENT_KEYS = frozenset({"patient_name", "patient_id", "PatientName", "PatientID", "patient_birth_date"})
 
 
-def _scrub(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _scrub(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in _PATIENT_KEYS & event_dict.keys():
         event_dict[key] = "<redacted>"
     return event_dict

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydicom.dataelem import RawDataElement
@@ -32,8 +32,9 @@ from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, dimse_messages, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at runtime, not in the stub
 
 from . import status
 from .config import Settings
@@ -289,7 +290,7 @@ class StoreHandler:
 
     def __call__(self, event: evt.Event) -> int:
         ae = _calling_ae(event)
-        req = event.request
+        req = cast(C_STORE, event.request)  # the EVT_C_STORE handler: always a C-STORE request
         sop_class = str(event.context.abstract_syntax)
         sop_uid = str(req.AffectedSOPInstanceUID or "")
         bound = log.bind(calling_ae=ae, sop_instance_uid=sop_uid, sop_class_uid=sop_class)
@@ -418,7 +419,7 @@ class StoreHandler:
 # association events
 
 #: A-ASSOCIATE-RJ (result source, reason) -> what we log (PS3.8 9.3.4).
-_REJECT_REASONS = {
+_REJECT_REASONS: dict[tuple[int | None, int | None], str] = {
     (0x01, 0x03): "calling ae not allowed",
     (0x01, 0x07): "called ae is not ours",
     (0x01, 0x02): "application context not supported",
@@ -449,7 +450,7 @@ def _on_reject(event: evt.Event) -> None:
     rq = event.assoc.requestor.primitive
     log.warning(
         "association.rejected",
-        reason=_REJECT_REASONS.get(key, f"source {key[0]} diagnostic {key[1]}"),  # type: ignore[index]
+        reason=_REJECT_REASONS.get(key, f"source {key[0]} diagnostic {key[1]}"),
         calling_ae=_calling_ae(event),
         called_ae=str(getattr(rq, "called_ae_title", "") or "").strip(),
         peer=_peer(event),
@@ -549,6 +550,7 @@ def build_ae(s: Settings, incoming_dir: Path | None = None) -> AE:
     ae.maximum_pdu_size = s.max_pdu_bytes
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for cx in StoragePresentationContexts:
+        assert cx.abstract_syntax is not None  # pynetdicom's storage contexts all name their class
         ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.require_called_aet = True
     ae.require_calling_aet = list(s.allowed_calling_aes)
@@ -563,7 +565,7 @@ def build_ae(s: Settings, incoming_dir: Path | None = None) -> AE:
     return ae
 
 
-def handlers(store_handler: StoreHandler) -> list[tuple[Any, Callable[..., Any]]]:
+def handlers(store_handler: StoreHandler) -> list[evt.EventHandlerType]:
     """The event handlers bound when the SCP starts."""
     return [
         (evt.EVT_C_STORE, store_handler),

@@ -47,6 +47,8 @@ class ModelCard:
         data = json.loads(text)
         missing = [k for k in ("name", "version", "threshold", "device_uid", "preprocess") if k not in data]
         if missing:
-            raise ValueError(f"model card is missing {', '.join(missing)}: re-export the model with training.export")
+            raise ValueError(
+                f"model card is missing {', '.join(missing)}: re-export the model with training.export"
+            )
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})

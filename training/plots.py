@@ -33,7 +33,6 @@ LIGHT: Color = (225, 225, 225)
 WHITE: Color = (255, 255, 255)
 
 
-
 def encode_png(rgb: np.ndarray) -> bytes:
     """PNG file bytes of an 8-bit RGB image ``[H, W, 3]`` (colour type 2, no filtering)."""
     rgb = np.asarray(rgb)

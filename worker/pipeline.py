@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -174,8 +175,8 @@ class Pipeline:
         sc = build_heatmap_sc(sources[best], cams[best], finding, card, uids=uids)
         out_dir = self.settings.results_dir / study_uid
         paths = []
-        for ds in (sr, sc):
-            stored = write_atomic(out_dir / f"{ds.SOPInstanceUID}.dcm", _encode(ds))
+        for result in (sr, sc):
+            stored = write_atomic(out_dir / f"{result.SOPInstanceUID}.dcm", _encode(result))
             paths.append(stored.path)
         t_results = time.perf_counter()
         update_analysis(
@@ -212,7 +213,7 @@ def deliver_results(
     store: Store,
     study_uid: str,
     analysis_id: int,
-    datasets: list[Dataset],
+    datasets: Sequence[Dataset],
     *,
     fallback: Fallback | None = None,
     finishing: bool = True,

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from .db import Store
@@ -57,9 +58,10 @@ def record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
     raise AssertionError("unreachable")
 
 
-_STUDIES = Study.__table__
-_INSTANCES = Instance.__table__
-_EVENTS = Event.__table__
+# A declarative model's __table__ is a Table; SQLAlchemy types it as the wider FromClause.
+_STUDIES = cast(Table, Study.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+_EVENTS = cast(Table, Event.__table__)
 
 
 def _record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
@@ -73,7 +75,7 @@ def _record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
             select(_STUDIES.c.id, _STUDIES.c.state).where(_STUDIES.c.study_uid == rec.study_uid)
         ).first()
         if study is None:
-            study_id = conn.execute(
+            inserted = conn.execute(
                 insert(_STUDIES).values(
                     study_uid=rec.study_uid,
                     calling_ae=rec.calling_ae,
@@ -83,7 +85,9 @@ def _record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
                     state=receiving,
                     instance_count=0,
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert inserted is not None  # a single-row insert into a table with an integer key
+            study_id = inserted[0]
             reopened = False
         else:
             study_id, reopened = study.id, study.state != receiving
@@ -150,7 +154,8 @@ def set_study_state(
         stmt = update(Study).where(Study.study_uid == study_uid)
         if only_from:
             stmt = stmt.where(Study.state.in_([x.value for x in only_from]))
-        changed = s.execute(stmt.values(**values)).rowcount > 0
+        # an UPDATE returns a CursorResult; Session.execute is typed as the generic Result
+        changed = cast(CursorResult[Any], s.execute(stmt.values(**values))).rowcount > 0
         if changed:
             s.add(
                 Event(
