@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at runtime, not in the stub
+from pynetdicom import AE, evt
 
+from .scp import add_storage_contexts
 from .storage import instance_path, move_atomic, write_atomic
 
 
@@ -75,10 +74,7 @@ class Receiver:
     def start(self) -> Receiver:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = 0
-        ae.add_supported_context(Verification)
-        for cx in StoragePresentationContexts:
-            assert cx.abstract_syntax is not None  # pynetdicom's storage contexts all name their class
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        add_storage_contexts(ae)
         self._server = ae.start_server(
             (self.host, self._port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
         )

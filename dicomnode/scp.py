@@ -543,15 +543,20 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+def add_storage_contexts(ae: AE) -> None:
+    """Accept every storage SOP class in every transfer syntax, plus Verification (C-ECHO)."""
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for cx in StoragePresentationContexts:
+        assert cx.abstract_syntax is not None  # pynetdicom's storage contexts all name their class
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+
+
 def build_ae(s: Settings, incoming_dir: Path | None = None) -> AE:
     """The node's AE: every storage SOP class in every transfer syntax plus Verification, with the
     access rules, limits and timeouts of the settings; C-STORE data sets land in ``incoming_dir``."""
     ae = AE(ae_title=s.ae_title)
     ae.maximum_pdu_size = s.max_pdu_bytes
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    for cx in StoragePresentationContexts:
-        assert cx.abstract_syntax is not None  # pynetdicom's storage contexts all name their class
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    add_storage_contexts(ae)
     ae.require_called_aet = True
     ae.require_calling_aet = list(s.allowed_calling_aes)
     ae.maximum_associations = s.max_associations

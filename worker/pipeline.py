@@ -123,7 +123,9 @@ class Pipeline:
         rules = self.settings.selection_rules
         for inst in study_instances(self.store, study_uid):
             try:
-                ds = pydicom.dcmread(inst.path)
+                # pixel data stays on disk until preprocess needs it: instances the rules
+                # skip (a CT series in the same study, say) are never read in full
+                ds = pydicom.dcmread(inst.path, defer_size="64 KB")
             except Exception as exc:
                 decisions.append(Decision(inst.sop_instance_uid, False, f"unreadable ({type(exc).__name__})"))
                 continue
