@@ -17,8 +17,9 @@ import structlog
 
 from .config import Settings
 from .dispatch import TaskRunner, make_runner
+from .listener import Listener, ListenerConfig
 from .recovery import RescanReport, rescan
-from .scp import ReceivedInstance, StoreHandler, build_ae, handlers, server_tls_context
+from .scp import ReceivedInstance, StoreHandler, server_tls_context
 from .storage import sweep_incoming, sweep_partial_writes
 from .store.db import Store
 from .store.models import StudyState, utcnow
@@ -37,7 +38,7 @@ class Node:
         self.store: Store | None = None
         self.runner = runner
         self.tracker = StudyTracker(settings.quiet_seconds, self._on_study_complete)
-        self._server: Any = None
+        self._server: Listener | None = None
         self._lock = threading.Lock()
         self.rescan_report: RescanReport | None = None
         self._stopped = False
@@ -66,16 +67,25 @@ class Node:
             self.runner = make_runner(s, self.store)
         self._recover()
         self.tracker.start()
-        ae = build_ae(s, self.incoming_dir)
         handler = StoreHandler(
             self.store, instances_dir, self._on_stored, duplicate_policy=s.duplicate_policy, fsync=s.fsync
         )
-        self._server = ae.start_server(
-            (s.host, s.port),
-            block=False,
-            evt_handlers=handlers(handler),
+        self._server = Listener(
+            ListenerConfig(
+                ae_title=s.ae_title,
+                allowed_calling_aes=tuple(s.allowed_calling_aes),
+                max_associations=s.max_associations,
+                acse_timeout=s.acse_timeout_seconds,
+                dimse_timeout=s.dimse_timeout_seconds,
+                network_timeout=s.network_timeout_seconds,
+                max_pdu_bytes=s.max_pdu_bytes,
+                early_writeback=s.fsync,
+            ),
+            handler,
+            incoming_dir=self.incoming_dir,
             ssl_context=server_tls_context(s),
         )
+        self._server.start(s.host, s.port)
         add_event(
             self.store,
             "node.started",
@@ -125,9 +135,8 @@ class Node:
     def stop(self, *, wait: bool = True, grace_seconds: float | None = None) -> None:
         """Refuse new associations, let open ones finish, stop the tracker and the runner.
 
-        pynetdicom's ``server.shutdown()`` only stops the accept loop and closes the listening
-        socket; associations already open keep running on their own threads (``ae.shutdown()``
-        would abort them at once). So: shut the server, wait up to ``grace_seconds`` (default
+        ``Listener.shutdown()`` only stops the accept loop and closes the listening socket;
+        associations already open keep running on their own threads. So: shut the listener, wait up to ``grace_seconds`` (default
         ``shutdown_grace_seconds``) for established associations to be released by their senders,
         then abort what is left; an instance not yet answered was never claimed stored, and the
         sender re-sends it. Studies still inside their quiet period stay RECEIVING in SQL; the next
@@ -151,8 +160,8 @@ class Node:
             for assoc in left:
                 assoc.abort()
             # An aborted association may still be inside its C-STORE handler: let it finish its
-            # write before the store goes away. (Threads that never got an A-ASSOCIATE-RQ sit in
-            # pynetdicom's wait for one until the ACSE timeout; they hold nothing, so no join.)
+            # write before the store goes away. (Threads that never got an A-ASSOCIATE-RQ wait for
+            # one until the ACSE timeout; they hold nothing, so no join.)
             for assoc in busy:
                 assoc.join(timeout=10)
             if busy:

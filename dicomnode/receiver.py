@@ -15,7 +15,7 @@ from typing import Any
 from pynetdicom import AE, evt
 
 from .scp import add_storage_contexts
-from .storage import instance_path, move_atomic, write_atomic
+from .storage import instance_path, write_atomic
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,7 @@ class Receiver:
         path = instance_path(
             self.out_dir, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
         )
-        try:  # chunked receive (the node's pynetdicom setting): the data set is already a file
-            move_atomic(event.dataset_path, path)
-        except AttributeError:
-            write_atomic(path, event.encoded_dataset())
+        write_atomic(path, event.encoded_dataset())
         rec = Received(
             path,
             str(ds.SOPClassUID),
