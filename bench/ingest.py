@@ -258,9 +258,8 @@ def profile(receiver: DicomNode, workload: Path, out: Path) -> None:
     if not raw.exists():
         print("\n(py-spy could not attach: ptrace not permitted here?)")
         return
-    # Per thread kind: pynetdicom runs a DUL thread (socket -> PDUs -> DIMSE, receive buffer writes)
-    # and an association thread (our C-STORE handler) per association.
-    kinds = {"DUL thread": "DULServiceProvider.run_reactor", "association thread": "Association.run_reactor"}
+    # The listener serves each association on one thread: socket reads, file writes, our handler.
+    kinds = {"association thread": "Association.run (dicomnode/listener.py"}
     leaf: dict[str, collections.Counter[str]] = {k: collections.Counter() for k in kinds}
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")

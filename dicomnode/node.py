@@ -17,6 +17,7 @@ import structlog
 
 from .config import Settings
 from .dispatch import TaskRunner, make_runner
+from .fingerprint import Fingerprinter
 from .listener import Listener, ListenerConfig
 from .recovery import RescanReport, rescan
 from .scp import ReceivedInstance, StoreHandler, server_tls_context
@@ -39,6 +40,7 @@ class Node:
         self.runner = runner
         self.tracker = StudyTracker(settings.quiet_seconds, self._on_study_complete)
         self._server: Listener | None = None
+        self.fingerprinter: Fingerprinter | None = None
         self._lock = threading.Lock()
         self.rescan_report: RescanReport | None = None
         self._stopped = False
@@ -86,6 +88,8 @@ class Node:
             ssl_context=server_tls_context(s),
         )
         self._server.start(s.host, s.port)
+        listener = self._server
+        self.fingerprinter = Fingerprinter(self.store, last_activity=lambda: listener.last_store).start()
         add_event(
             self.store,
             "node.started",
@@ -121,6 +125,8 @@ class Node:
 
     def _on_stored(self, inst: ReceivedInstance) -> None:
         self.tracker.touch(inst.study_uid)
+        if self.fingerprinter is not None:
+            self.fingerprinter.poke()
 
     def _on_study_complete(self, study_uid: str) -> None:
         assert self.store is not None
@@ -166,6 +172,8 @@ class Node:
                 assoc.join(timeout=10)
             if busy:
                 log.warning("node.aborted_associations", associations=len(busy))
+        if self.fingerprinter is not None:
+            self.fingerprinter.stop()
         self.tracker.stop()
         if self.runner is not None:
             self.runner.shutdown(wait=wait)

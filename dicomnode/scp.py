@@ -191,8 +191,7 @@ class StoreHandler:
                 return self._keep_first(bound, hdr, ae, kept)
 
         try:
-            digest = (req.size_bytes, req.sha256) if req.sha256 is not None else None
-            stored = move_atomic(req.path, target, sync=self.fsync, digest=digest)
+            stored = move_atomic(req.path, target, sync=self.fsync)
         except OSError as exc:
             bound.error("store.write_failed", error=str(exc)[:200], status=status.OUT_OF_RESOURCES)
             return status.OUT_OF_RESOURCES
@@ -208,7 +207,7 @@ class StoreHandler:
                     modality=hdr.modality,
                     path=str(stored.path),
                     size_bytes=stored.size_bytes,
-                    sha256=stored.sha256,
+                    sha256=None,  # taken once the burst is over (dicomnode.fingerprint)
                     calling_ae=ae,
                     accession_number=hdr.accession_number,
                 ),

@@ -37,7 +37,7 @@ class StoredFile:
 
     path: Path
     size_bytes: int
-    sha256: str
+    sha256: str | None  # None when the bytes were not hashed on the way (see dicomnode.fingerprint)
 
 
 def instance_path(root: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -80,25 +80,22 @@ def write_atomic(path: Path, data: bytes | memoryview, *, sync: bool = True) -> 
     return StoredFile(path, len(data), digest)
 
 
-def move_atomic(
-    src: Path, path: Path, *, sync: bool = True, digest: tuple[int, str] | None = None
-) -> StoredFile:
+def move_atomic(src: Path, path: Path, *, sync: bool = True) -> StoredFile:
     """Durably move a received temp file (same filesystem) to ``path``.
 
-    ``digest`` is ``(size, sha256)`` when the caller hashed the bytes as they arrived; otherwise the
-    file is read once to hash it. The data is fsynced before the rename and the folder after it, so
-    ``path`` is either absent or whole after a power cut; ``sync=False`` skips the fsyncs."""
+    The data is fsynced before the rename and the folder after it, so ``path`` is either absent or
+    whole after a power cut; ``sync=False`` skips the fsyncs. The file is not read (its SHA-256 is
+    taken later, off the receiving path: :mod:`dicomnode.fingerprint`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as fh:
-        if digest is None:
-            h = hashlib.sha256()
-            size = 0
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-            digest = (size, h.hexdigest())
-        if sync:
-            os.fsync(fh.fileno())
+    if sync:
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    else:
+        size = os.stat(src).st_size
     try:
         os.replace(src, path)
     except OSError:  # another filesystem: copy to a temp file beside the target, then rename
@@ -115,7 +112,7 @@ def move_atomic(
         Path(src).unlink(missing_ok=True)
     if sync:
         _fsync_dir(path.parent)
-    return StoredFile(path, digest[0], digest[1])
+    return StoredFile(path, size, None)
 
 
 def sha256_of(path: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -40,3 +41,18 @@ def echo_ok(
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def fingerprint_of(store: Any, sop_instance_uid: str, timeout: float = 15) -> str:
+    """The SHA-256 the node recorded for an instance, once its fingerprint thread has taken it
+    (after a quiet second following the last C-STORE)."""
+    from dicomnode.store.queries import instance_by_sop_uid
+
+    def taken() -> bool:
+        row = instance_by_sop_uid(store, sop_instance_uid)
+        return row is not None and row.sha256 is not None
+
+    wait_until(taken, timeout, f"the fingerprint of {sop_instance_uid}")
+    row = instance_by_sop_uid(store, sop_instance_uid)
+    assert row is not None and row.sha256 is not None
+    return str(row.sha256)

@@ -79,7 +79,7 @@ class Instance(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))  # filled after receipt (dicomnode.fingerprint)
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 

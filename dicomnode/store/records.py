@@ -35,7 +35,7 @@ class InstanceRecord:
     modality: str | None
     path: str
     size_bytes: int
-    sha256: str
+    sha256: str | None
     calling_ae: str | None
     accession_number: str | None = None
 
