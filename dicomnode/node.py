@@ -41,6 +41,7 @@ class Node:
         self.tracker = StudyTracker(settings.quiet_seconds, self._on_study_complete)
         self._server: Listener | None = None
         self.fingerprinter: Fingerprinter | None = None
+        self._handler: StoreHandler | None = None
         self._lock = threading.Lock()
         self.rescan_report: RescanReport | None = None
         self._stopped = False
@@ -69,9 +70,9 @@ class Node:
             self.runner = make_runner(s, self.store)
         self._recover()
         self.tracker.start()
-        handler = StoreHandler(
+        handler = self._handler = StoreHandler(
             self.store, instances_dir, self._on_stored, duplicate_policy=s.duplicate_policy, fsync=s.fsync
-        )
+        ).start()
         self._server = Listener(
             ListenerConfig(
                 ae_title=s.ae_title,
@@ -123,6 +124,11 @@ class Node:
             set_study_state(self.store, uid, StudyState.COMPLETE, "re-queued after restart")
             self._dispatch(uid)
 
+    def flush_records(self, timeout: float = 30.0) -> bool:
+        """Wait until the SQL rows of every instance answered so far have committed (they follow
+        the C-STORE response by milliseconds: :mod:`dicomnode.recorder`)."""
+        return self._handler is None or self._handler.recorder.flush(timeout)
+
     def _on_stored(self, inst: ReceivedInstance) -> None:
         self.tracker.touch(inst.study_uid)
         if self.fingerprinter is not None:
@@ -172,6 +178,8 @@ class Node:
                 assoc.join(timeout=10)
             if busy:
                 log.warning("node.aborted_associations", associations=len(busy))
+        if self._handler is not None:
+            self._handler.stop()  # the rows of everything answered Success
         if self.fingerprinter is not None:
             self.fingerprinter.stop()
         self.tracker.stop()

@@ -32,10 +32,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from . import status
 from .config import Settings
 from .listener import StoreRequest
+from .recorder import InstanceRecorder
 from .storage import UnsafeUIDError, instance_path, move_atomic
 from .store.db import Store
 from .store.queries import instance_path_of
-from .store.records import InstanceRecord, add_event, record_instance
+from .store.records import InstanceOutcome, InstanceRecord, add_event
 
 log = structlog.get_logger("dicomnode.scp")
 
@@ -152,6 +153,15 @@ class StoreHandler:
         self.on_stored = on_stored
         self.duplicate_policy = duplicate_policy
         self.fsync = fsync
+        self.recorder = InstanceRecorder(store, self._recorded)
+
+    def start(self) -> StoreHandler:
+        self.recorder.start()
+        return self
+
+    def stop(self) -> None:
+        """Commit the rows still queued (their files are already stored)."""
+        self.recorder.stop()
 
     def __call__(self, req: StoreRequest) -> int:
         ae = req.calling_ae
@@ -180,10 +190,13 @@ class StoreHandler:
             )
             return status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         bound = bound.bind(study_uid=hdr.study_uid)
+        if not self.recorder.accepting:
+            bound.error("store.db_unavailable", status=status.OUT_OF_RESOURCES)
+            return status.OUT_OF_RESOURCES
 
         if self.duplicate_policy == "ignore":
             try:
-                kept = instance_path_of(self.store, sop_uid)
+                kept = self.recorder.pending_path(sop_uid) or instance_path_of(self.store, sop_uid)
             except Exception as exc:
                 bound.error("store.db_unavailable", error=type(exc).__name__, status=status.OUT_OF_RESOURCES)
                 return status.OUT_OF_RESOURCES
@@ -195,37 +208,43 @@ class StoreHandler:
         except OSError as exc:
             bound.error("store.write_failed", error=str(exc)[:200], status=status.OUT_OF_RESOURCES)
             return status.OUT_OF_RESOURCES
-        try:
-            outcome = record_instance(
-                self.store,
-                InstanceRecord(
-                    study_uid=hdr.study_uid,
-                    series_uid=hdr.series_uid,
-                    sop_instance_uid=hdr.sop_instance_uid,
-                    sop_class_uid=hdr.sop_class_uid,
-                    transfer_syntax_uid=req.transfer_syntax_uid,
-                    modality=hdr.modality,
-                    path=str(stored.path),
-                    size_bytes=stored.size_bytes,
-                    sha256=None,  # taken once the burst is over (dicomnode.fingerprint)
-                    calling_ae=ae,
-                    accession_number=hdr.accession_number,
-                ),
+        queued = self.recorder.submit(
+            InstanceRecord(
+                study_uid=hdr.study_uid,
+                series_uid=hdr.series_uid,
+                sop_instance_uid=hdr.sop_instance_uid,
+                sop_class_uid=hdr.sop_class_uid,
+                transfer_syntax_uid=req.transfer_syntax_uid,
+                modality=hdr.modality,
+                path=str(stored.path),
+                size_bytes=stored.size_bytes,
+                sha256=None,  # taken once the burst is over (dicomnode.fingerprint)
+                calling_ae=ae,
+                accession_number=hdr.accession_number,
             )
-        except Exception as exc:
-            # The file is whole but unrecorded; the start-up re-scan records it. The sender must
-            # retry, so we do not claim success.
-            bound.error("store.record_failed", error=type(exc).__name__, status=status.OUT_OF_RESOURCES)
+        )
+        if not queued:
+            # The file is whole but unrecorded; the start-up rescan records it, and a re-send
+            # overwrites it. The sender must retry, so we do not claim success.
+            bound.error("store.record_backlog_full", status=status.OUT_OF_RESOURCES)
             return status.OUT_OF_RESOURCES
+        bound.debug("store.ok", bytes=stored.size_bytes)
+        return status.SUCCESS
+
+    def _recorded(self, rec: InstanceRecord, outcome: InstanceOutcome) -> None:
+        """The row committed (recorder thread): tidy up after a duplicate, start the quiet period."""
         if outcome.duplicate:
-            if outcome.previous_path not in (None, str(stored.path)):
+            if outcome.previous_path not in (None, rec.path):
                 # same instance, new study/series: the old file is no longer the instance
                 Path(str(outcome.previous_path)).unlink(missing_ok=True)
-            bound.info("store.duplicate_overwritten", bytes=stored.size_bytes, policy=self.duplicate_policy)
-        else:
-            bound.debug("store.ok", bytes=stored.size_bytes, reopened=outcome.reopened)
-        self.on_stored(ReceivedInstance(hdr.study_uid, hdr.sop_instance_uid, ae))
-        return status.SUCCESS
+            log.info(
+                "store.duplicate_overwritten",
+                calling_ae=rec.calling_ae,
+                study_uid=rec.study_uid,
+                sop_instance_uid=rec.sop_instance_uid,
+                policy=self.duplicate_policy,
+            )
+        self.on_stored(ReceivedInstance(rec.study_uid, rec.sop_instance_uid, rec.calling_ae or ""))
 
     def _keep_first(self, bound: Any, hdr: InstanceHeader, ae: str, kept: str) -> int:
         try:

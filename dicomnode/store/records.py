@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from .db import Store
@@ -64,75 +64,85 @@ _INSTANCES = cast(Table, Instance.__table__)
 _EVENTS = cast(Table, Event.__table__)
 
 
+def record_instances(store: Store, recs: list[InstanceRecord]) -> list[InstanceOutcome]:
+    """Record several instances in one transaction (the SCP's recorder thread, in batches)."""
+    with store.engine.begin() as conn:
+        return [_record_instance_in(conn, rec) for rec in recs]
+
+
 def _record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
-    # SQLAlchemy Core, one transaction: this runs once per received instance, before the C-STORE
-    # is answered, and the ORM's unit of work costs milliseconds here. Counts change in SQL
-    # (instance_count + 1), never read-modify-write, so concurrent associations lose nothing.
+    with store.engine.begin() as conn:
+        return _record_instance_in(conn, rec)
+
+
+def _record_instance_in(conn: Connection, rec: InstanceRecord) -> InstanceOutcome:
+    # SQLAlchemy Core: this runs once per received instance and the ORM's unit of work costs
+    # milliseconds here. Counts change in SQL (instance_count + 1), never read-modify-write, so
+    # concurrent writers lose nothing.
     now = utcnow()
     receiving = StudyState.RECEIVING.value
-    with store.engine.begin() as conn:
-        study = conn.execute(
-            select(_STUDIES.c.id, _STUDIES.c.state).where(_STUDIES.c.study_uid == rec.study_uid)
-        ).first()
-        if study is None:
-            inserted = conn.execute(
-                insert(_STUDIES).values(
-                    study_uid=rec.study_uid,
-                    calling_ae=rec.calling_ae,
-                    accession_number=(rec.accession_number or None),
-                    first_received_at=now,
-                    last_received_at=now,
-                    state=receiving,
-                    instance_count=0,
-                )
-            ).inserted_primary_key
-            assert inserted is not None  # a single-row insert into a table with an integer key
-            study_id = inserted[0]
-            reopened = False
-        else:
-            study_id, reopened = study.id, study.state != receiving
-        old = conn.execute(
-            select(_INSTANCES.c.id, _INSTANCES.c.study_id, _INSTANCES.c.path).where(
-                _INSTANCES.c.sop_instance_uid == rec.sop_instance_uid
+    study = conn.execute(
+        select(_STUDIES.c.id, _STUDIES.c.state).where(_STUDIES.c.study_uid == rec.study_uid)
+    ).first()
+    if study is None:
+        inserted = conn.execute(
+            insert(_STUDIES).values(
+                study_uid=rec.study_uid,
+                calling_ae=rec.calling_ae,
+                accession_number=(rec.accession_number or None),
+                first_received_at=now,
+                last_received_at=now,
+                state=receiving,
+                instance_count=0,
             )
-        ).first()
-        values = dict(
-            study_id=study_id,
-            sop_class_uid=rec.sop_class_uid,
-            series_uid=rec.series_uid,
-            transfer_syntax_uid=rec.transfer_syntax_uid,
-            modality=rec.modality,
-            path=rec.path,
-            size_bytes=rec.size_bytes,
-            sha256=rec.sha256,
-            calling_ae=rec.calling_ae,
-            received_at=now,
+        ).inserted_primary_key
+        assert inserted is not None  # a single-row insert into a table with an integer key
+        study_id = inserted[0]
+        reopened = False
+    else:
+        study_id, reopened = study.id, study.state != receiving
+    old = conn.execute(
+        select(_INSTANCES.c.id, _INSTANCES.c.study_id, _INSTANCES.c.path).where(
+            _INSTANCES.c.sop_instance_uid == rec.sop_instance_uid
         )
-        study_values: dict[str, Any] = {"last_received_at": now, "updated_at": now}
-        if old is None:
-            conn.execute(insert(_INSTANCES).values(sop_instance_uid=rec.sop_instance_uid, **values))
-            study_values["instance_count"] = _STUDIES.c.instance_count + 1
-        else:
-            conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == old.id).values(**values))
-            if old.study_id != study_id:  # re-sent under a corrected Study Instance UID: move it
-                conn.execute(
-                    update(_STUDIES)
-                    .where(_STUDIES.c.id == old.study_id, _STUDIES.c.instance_count > 0)
-                    .values(instance_count=_STUDIES.c.instance_count - 1)
-                )
-                study_values["instance_count"] = _STUDIES.c.instance_count + 1
-        if reopened:
-            study_values.update(state=receiving, state_reason=None)
-        conn.execute(update(_STUDIES).where(_STUDIES.c.id == study_id).values(**study_values))
-        if old is not None or reopened:
+    ).first()
+    values = dict(
+        study_id=study_id,
+        sop_class_uid=rec.sop_class_uid,
+        series_uid=rec.series_uid,
+        transfer_syntax_uid=rec.transfer_syntax_uid,
+        modality=rec.modality,
+        path=rec.path,
+        size_bytes=rec.size_bytes,
+        sha256=rec.sha256,
+        calling_ae=rec.calling_ae,
+        received_at=now,
+    )
+    study_values: dict[str, Any] = {"last_received_at": now, "updated_at": now}
+    if old is None:
+        conn.execute(insert(_INSTANCES).values(sop_instance_uid=rec.sop_instance_uid, **values))
+        study_values["instance_count"] = _STUDIES.c.instance_count + 1
+    else:
+        conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == old.id).values(**values))
+        if old.study_id != study_id:  # re-sent under a corrected Study Instance UID: move it
             conn.execute(
-                insert(_EVENTS).values(
-                    at=now,
-                    kind="instance.duplicate" if old is not None else "study.reopened",
-                    study_uid=rec.study_uid,
-                    detail={"sop_instance_uid": rec.sop_instance_uid},
-                )
+                update(_STUDIES)
+                .where(_STUDIES.c.id == old.study_id, _STUDIES.c.instance_count > 0)
+                .values(instance_count=_STUDIES.c.instance_count - 1)
             )
+            study_values["instance_count"] = _STUDIES.c.instance_count + 1
+    if reopened:
+        study_values.update(state=receiving, state_reason=None)
+    conn.execute(update(_STUDIES).where(_STUDIES.c.id == study_id).values(**study_values))
+    if old is not None or reopened:
+        conn.execute(
+            insert(_EVENTS).values(
+                at=now,
+                kind="instance.duplicate" if old is not None else "study.reopened",
+                study_uid=rec.study_uid,
+                detail={"sop_instance_uid": rec.sop_instance_uid},
+            )
+        )
     return InstanceOutcome(
         duplicate=old is not None, reopened=reopened, previous_path=old.path if old is not None else None
     )

@@ -144,6 +144,7 @@ def test_instance_without_pixel_data_is_stored_and_recorded(node: Node, tmp_path
     [stored] = _stored(node)
     assert "PixelData" not in pydicom.dcmread(stored)
     assert node.store is not None
+    assert node.flush_records()
     [row] = study_instances(node.store, ds.StudyInstanceUID)
     assert row.sop_instance_uid == ds.SOPInstanceUID
 

@@ -79,7 +79,7 @@ def test_storescu_pushes_a_folder_and_every_file_is_stored_and_recorded(node: No
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-3000:]
     assert out.count("Received Store Response (Success)") == len(files), out[-3000:]
-    assert node.store is not None
+    assert node.store is not None and node.flush_records()
     for f in files:
         sent = pydicom.dcmread(f)
         row = instance_by_sop_uid(node.store, sent.SOPInstanceUID)
@@ -101,6 +101,7 @@ def test_storescu_compressed_transfer_syntax_is_stored_as_sent(
     assert run.returncode == 0 and "Received Store Response (Success)" in run.stdout + run.stderr
     assert node.store is not None
     sent = pydicom.dcmread(f, stop_before_pixels=True)
+    assert node.flush_records()
     row = instance_by_sop_uid(node.store, sent.SOPInstanceUID)
     assert row is not None and row.transfer_syntax_uid == sent.file_meta.TransferSyntaxUID
     # the node kept the compressed frames it was sent (storescu re-writes the data set around them,

@@ -71,6 +71,7 @@ def test_duplicate_instance_is_answered_success_and_stored_once(
     files = [p for p in node.settings.instances_dir.rglob("*") if p.is_file()]
     assert len(files) == 1
     assert node.store is not None
+    assert node.flush_records()
     [row] = study_instances(node.store, ds.StudyInstanceUID)
     kept = "second" if policy == "overwrite" else "first"
     assert pydicom.dcmread(files[0]).SeriesDescription == kept
@@ -94,6 +95,7 @@ def test_overwrite_that_moves_an_instance_to_another_study_removes_the_old_file(
     [only] = [p for p in node.settings.instances_dir.rglob("*.dcm")]
     assert ds.StudyInstanceUID in only.parts
     assert node.store is not None
+    assert node.flush_records()
     [row] = study_instances(node.store, ds.StudyInstanceUID)
     assert row.path == str(only)
 

@@ -102,6 +102,7 @@ def test_valid_instance_is_stored_durably_and_recorded(bare_node: Node, tmp_path
     assert back.SOPInstanceUID == ds.SOPInstanceUID
     assert np.array_equal(back.pixel_array, ds.pixel_array)
     assert bare_node.store is not None
+    assert bare_node.flush_records()
     [row] = study_instances(bare_node.store, ds.StudyInstanceUID)
     assert row.calling_ae == "MODALITY1"
     assert fingerprint_of(bare_node.store, ds.SOPInstanceUID) == sha256_of(stored)
