@@ -290,6 +290,7 @@ def run_table(label: str, folder: Path, receivers: list[Receiver], reps: int) ->
     for rep in range(reps):
         for r in receivers:  # interleaved, so drift on the machine hits every receiver alike
             r.start()
+            os.sync()  # no receiver pays for the dirty pages the previous one left behind
             try:
                 times[r.name].append(push(r, folder))
                 time.sleep(0.5)  # let the last write settle before counting

@@ -198,7 +198,7 @@ try:  # Linux: start writeback of a file range without waiting for it (sync_file
 except (OSError, AttributeError):  # pragma: no cover - not Linux
     _sync_file_range = None
 _SYNC_FILE_RANGE_WRITE = 2
-_WRITEBACK_EVERY = 1 << 20
+_WRITEBACK_EVERY = 1 << 20  # and once more when the data set is complete
 
 
 class _Incoming:
@@ -223,11 +223,17 @@ class _Incoming:
 
     def close(self) -> None:
         if self.fd >= 0:
+            if self._early and self.size > self._flushed:
+                # start the disk on the rest now: it works while the header is parsed, the fsync
+                # before Success then waits for less
+                _sync_file_range(self.fd, self._flushed, 0, _SYNC_FILE_RANGE_WRITE)
             os.close(self.fd)
             self.fd = -1
 
     def discard(self) -> None:
-        self.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         self.path.unlink(missing_ok=True)
 
 

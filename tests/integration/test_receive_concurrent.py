@@ -73,7 +73,7 @@ def test_simultaneous_senders_all_stored_and_counted(
     total = STUDIES * SENDERS_PER_STUDY * INSTANCES_PER_SENDER
     assert statuses == [status.SUCCESS] * total
     assert len(list(node.settings.instances_dir.rglob("*.dcm"))) == total
-    assert node.store is not None
+    assert node.store is not None and node.flush_records()
     with node.store.session() as s:
         counts = dict(s.execute(select(Study.study_uid, Study.instance_count)).all())
         rows = s.scalar(select(func.count(Instance.id)))

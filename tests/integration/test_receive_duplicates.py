@@ -92,10 +92,10 @@ def test_overwrite_that_moves_an_instance_to_another_study_removes_the_old_file(
     moved = tmp_path / "moved.dcm"
     ds.save_as(moved, enforce_file_format=True)
     assert _send(node, moved) == status.SUCCESS
+    assert node.flush_records()  # the old file goes once the moved row has committed
     [only] = [p for p in node.settings.instances_dir.rglob("*.dcm")]
     assert ds.StudyInstanceUID in only.parts
     assert node.store is not None
-    assert node.flush_records()
     [row] = study_instances(node.store, ds.StudyInstanceUID)
     assert row.path == str(only)
 

@@ -164,7 +164,7 @@ def test_every_pydicom_test_file_is_stored_or_refused_with_a_documented_status(
     assert not undocumented, f"undocumented outcomes: {undocumented}; summary: {summary}"
     assert outcomes["0x0000 Success"] >= 100, summary
     assert echo_ok(node.port), "the node stopped answering C-ECHO after the corpus"
-    assert node.store is not None
+    assert node.store is not None and node.flush_records()
     with node.store.session() as s:
         recorded = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)).all())
     assert set(recorded) == stored_uids, summary
