@@ -1,6 +1,6 @@
 """Ingest benchmark: our SCP against DCMTK storescp, both fed by DCMTK storescu, same files, one run.
 
-    .venv/bin/python bench/ingest.py                 # 200 CT 512x512 + 50 DX 2048x2048, 3 repetitions
+    .venv/bin/python bench/ingest.py                 # 200 CT 512x512 + 50 DX 2048x2048, 7 repetitions
     .venv/bin/python bench/ingest.py --reps 5 --profile
 
 The workload is generated once (CT built with pydicom, DX with training.phantoms.make_phantom) into
@@ -288,7 +288,8 @@ def run_table(label: str, folder: Path, receivers: list[Receiver], reps: int) ->
     print(f"\n[{label}] {len(files)} files, {total_bytes / 1e6:.0f} MB")
     times: dict[str, list[float]] = {r.name: [] for r in receivers}
     for rep in range(reps):
-        for r in receivers:  # interleaved, so drift on the machine hits every receiver alike
+        order = receivers[rep % len(receivers) :] + receivers[: rep % len(receivers)]
+        for r in order:  # interleaved and rotated, so drift on the machine hits every receiver alike
             r.start()
             os.sync()  # no receiver pays for the dirty pages the previous one left behind
             try:
@@ -314,7 +315,7 @@ def run_table(label: str, folder: Path, receivers: list[Receiver], reps: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument(
         "--workload", type=Path, default=Path(tempfile.gettempdir()) / "dicomnode-ingest-workload"
     )

@@ -102,6 +102,7 @@ class StoreRequest:
     transfer_syntax_uid: str
     path: Path
     size_bytes: int
+    head: bytes = b""  # the first bytes of the data set (up to 64 KiB) as received, for the header
 
 
 StoreCallback = Callable[[StoreRequest], int]
@@ -198,6 +199,7 @@ try:  # Linux: start writeback of a file range without waiting for it (sync_file
 except (OSError, AttributeError):  # pragma: no cover - not Linux
     _sync_file_range = None
 _SYNC_FILE_RANGE_WRITE = 2
+_HEAD_BYTES = 1 << 16
 _WRITEBACK_EVERY = 1 << 20  # and once more when the data set is complete
 
 
@@ -208,11 +210,15 @@ class _Incoming:
         fd, name = _mkstemp(directory)
         self.fd, self.path = fd, Path(name)
         self.size = 0
+        self._meta_size = len(meta)
+        self.head = bytearray()  # the first _HEAD_BYTES of the data set, kept for the header parse
         self._flushed = 0
         self._early = early_writeback and _sync_file_range is not None
         self.write(memoryview(meta))
 
     def write(self, data: memoryview) -> None:
+        if self.size >= self._meta_size and len(self.head) < _HEAD_BYTES:
+            self.head += data[: _HEAD_BYTES - len(self.head)]
         while data:
             n = os.write(self.fd, data)
             data = data[n:]
@@ -691,6 +697,7 @@ class Association(threading.Thread):
             transfer_syntax_uid=str(cx.transfer_syntax[0]),
             path=incoming.path,
             size_bytes=incoming.size,
+            head=bytes(incoming.head),
         )
         try:
             return int(self.listener.on_store(req))

@@ -13,6 +13,7 @@ TLS only and, with a CA, peers must present a certificate the CA signed.
 
 from __future__ import annotations
 
+import io
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from typing import Any
 
 import structlog
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config
@@ -82,8 +84,31 @@ def read_header(path: str | Path) -> InstanceHeader:
     """Parse a Part 10 file up to its Series Instance UID; raises on anything unreadable."""
     with open(path, "rb") as fh:
         ds = read_partial(fh, stop_when=_past_header, defer_size=4096)
-    meta = ds.file_meta
-    ts = UID(str(meta.get("TransferSyntaxUID", "") or ""))
+    return _header_of(ds, str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+
+
+def read_header_from(head: bytes, transfer_syntax_uid: str) -> InstanceHeader | None:
+    """Parse the header from the first bytes of a data set as it came off the network (no file
+    meta), or None when ``head`` does not reach past the Series Instance UID, the data set is
+    deflated or anything goes wrong: then :func:`read_header` on the file decides."""
+    ts = UID(transfer_syntax_uid)
+    if not ts.is_transfer_syntax or ts.is_deflated:
+        return None
+    fp = io.BytesIO(head)
+    try:
+        ds = read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian, stop_when=_past_header, defer_size=4096)
+    except Exception:  # e.g. an element cut off at the end of ``head``
+        return None
+    if fp.tell() >= len(head):  # ran out of bytes rather than reaching the stop tag
+        return None
+    try:
+        return _header_of(ds, transfer_syntax_uid)
+    except Exception:
+        return None  # the whole file gives the error its proper name
+
+
+def _header_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
+    ts = UID(transfer_syntax_uid)
     first = ds.get_item(0x00080016)  # SOP Class UID, still raw: it says how it was actually read
     if ts.is_transfer_syntax and isinstance(first, RawDataElement):
         if (first.is_implicit_VR, first.is_little_endian) != (ts.is_implicit_VR, ts.is_little_endian):
@@ -100,7 +125,7 @@ def read_header(path: str | Path) -> InstanceHeader:
         sop_class_uid=str(ds.SOPClassUID),
         modality=str(ds.get("Modality", "") or "") or None,
         accession_number=str(ds.get("AccessionNumber", "") or "") or None,
-        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "") or ""),
+        transfer_syntax_uid=transfer_syntax_uid,
     )
 
 
@@ -174,7 +199,7 @@ class StoreHandler:
             )
             return status.SOP_CLASS_NOT_SUPPORTED
         try:
-            hdr = read_header(req.path)
+            hdr = read_header_from(req.head, req.transfer_syntax_uid) or read_header(req.path)
             target = instance_path(self.instances_dir, hdr.study_uid, hdr.series_uid, hdr.sop_instance_uid)
         except _PARSE_ERRORS as exc:
             return self._refuse_unparseable(bound, exc)
