@@ -74,10 +74,11 @@ class Fingerprinter:
             self._thread.join(timeout=30)
 
     def poke(self) -> None:
-        """An instance was stored: there is work once the senders are quiet."""
+        """An instance was stored: there is work once the senders are quiet. Only the first
+        instance after a quiet spell wakes the thread; it then waits for quiet on its own."""
         if self._pending_since is None:
             self._pending_since = time.monotonic()
-        self._wake.set()
+            self._wake.set()
 
     def _due_in(self) -> float:
         """Seconds until hashing should start (0: now)."""
@@ -95,14 +96,16 @@ class Fingerprinter:
                 self._wake.wait(wait)
                 self._wake.clear()
                 continue
+            self._pending_since = None  # an instance stored from here on starts the next round
             try:
                 done = self.run_once()
             except Exception as exc:  # the database went away: try again later
                 log.warning("fingerprint.failed", error=type(exc).__name__)
+                self._pending_since = self._pending_since or time.monotonic()
                 self._stop.wait(5.0)
                 continue
-            if done < self.batch:
-                self._pending_since = None
+            if done >= self.batch:  # more rows than one batch: carry on
+                self._pending_since = self._pending_since or time.monotonic()
 
     def run_once(self) -> int:
         """Hash one batch of instances without a fingerprint; returns how many rows were read."""

@@ -124,10 +124,12 @@ class InstanceRecorder:
                 return
             batch = [first]
             stop_after = False
-            deadline = time.monotonic() + self.linger_seconds
+            # a busy sender's next instances arrive within milliseconds: let them queue up and take
+            # them along (sleeping, not waiting on the queue, so each arrival does not wake us)
+            time.sleep(self.linger_seconds)
             while len(batch) < self.max_batch:
-                try:  # a busy sender's next instances arrive within milliseconds: take them along
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                try:
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
