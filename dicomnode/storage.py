@@ -50,6 +50,22 @@ def instance_path(root: Path, study_uid: str, series_uid: str, sop_uid: str) -> 
     )
 
 
+def _make_dirs(path: Path, *, sync: bool) -> None:
+    """Create ``path`` and missing parents; with ``sync``, each new folder's entry in its parent
+    is made durable too (fsync of the parent), or a power cut could lose a whole new series."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # another association made it a moment ago
+            continue
+        if sync:
+            _fsync_dir(folder.parent)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -62,7 +78,7 @@ def write_atomic(path: Path, data: bytes | memoryview, *, sync: bool = True) -> 
     """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync the folder.
 
     ``sync=False`` skips both fsyncs (the file is whole after a process crash, not after a power cut)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(path.parent, sync=sync)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}{TMP_SUFFIX}")
     digest = hashlib.sha256(data).hexdigest()
     try:
@@ -86,7 +102,6 @@ def move_atomic(src: Path, path: Path, *, sync: bool = True) -> StoredFile:
     The data is fsynced before the rename and the folder after it, so ``path`` is either absent or
     whole after a power cut; ``sync=False`` skips the fsyncs. The file is not read (its SHA-256 is
     taken later, off the receiving path: :mod:`dicomnode.fingerprint`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if sync:
         fd = os.open(src, os.O_RDONLY)
         try:
@@ -97,7 +112,11 @@ def move_atomic(src: Path, path: Path, *, sync: bool = True) -> StoredFile:
     else:
         size = os.stat(src).st_size
     try:
-        os.replace(src, path)
+        try:
+            os.replace(src, path)
+        except FileNotFoundError:  # the first instance of its series: make the folders
+            _make_dirs(path.parent, sync=sync)
+            os.replace(src, path)
     except OSError:  # another filesystem: copy to a temp file beside the target, then rename
         tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
         try:
