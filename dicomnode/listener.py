@@ -423,8 +423,12 @@ class Association(threading.Thread):
         pdu.from_primitive(prim)
         if source == 0x02:
             pdu.reason_diagnostic = reason
+        self._send_last(pdu.encode())
+
+    def _send_last(self, pdu: bytes) -> None:
+        """Send a closing PDU (A-ABORT, A-ASSOCIATE-RJ) if the peer still listens, then close."""
         try:
-            self._send(pdu.encode())
+            self._send(pdu)
         except OSError:
             pass
         self._close()
@@ -556,11 +560,7 @@ class Association(threading.Thread):
         rj.calling_ae_title, rj.called_ae_title = rq.calling_ae_title, rq.called_ae_title
         pdu = A_ASSOCIATE_RJ()
         pdu.from_primitive(rj)
-        try:
-            self._send(pdu.encode())
-        except OSError:
-            pass
-        self._close()
+        self._send_last(pdu.encode())
 
     # -- data phase ----------------------------------------------------------------------------
 

@@ -64,6 +64,22 @@ _INSTANCES = cast(Table, Instance.__table__)
 _EVENTS = cast(Table, Event.__table__)
 
 
+def _instance_values(rec: InstanceRecord, study_id: int, now: datetime) -> dict[str, Any]:
+    """The columns of an instance row other than its SOP Instance UID."""
+    return dict(
+        study_id=study_id,
+        sop_class_uid=rec.sop_class_uid,
+        series_uid=rec.series_uid,
+        transfer_syntax_uid=rec.transfer_syntax_uid,
+        modality=rec.modality,
+        path=rec.path,
+        size_bytes=rec.size_bytes,
+        sha256=rec.sha256,
+        calling_ae=rec.calling_ae,
+        received_at=now,
+    )
+
+
 def record_instances(store: Store, recs: list[InstanceRecord]) -> list[InstanceOutcome]:
     """Record several instances in one transaction (the SCP's recorder thread, in batches).
 
@@ -95,19 +111,7 @@ def record_instances(store: Store, recs: list[InstanceRecord]) -> list[InstanceO
             conn.execute(
                 insert(_INSTANCES),
                 [
-                    dict(
-                        sop_instance_uid=r.sop_instance_uid,
-                        study_id=receiving[r.study_uid],
-                        sop_class_uid=r.sop_class_uid,
-                        series_uid=r.series_uid,
-                        transfer_syntax_uid=r.transfer_syntax_uid,
-                        modality=r.modality,
-                        path=r.path,
-                        size_bytes=r.size_bytes,
-                        sha256=r.sha256,
-                        calling_ae=r.calling_ae,
-                        received_at=now,
-                    )
+                    dict(sop_instance_uid=r.sop_instance_uid, **_instance_values(r, receiving[r.study_uid], now))
                     for r in fresh
                 ],
             )
@@ -167,18 +171,7 @@ def _record_instance_in(conn: Connection, rec: InstanceRecord) -> InstanceOutcom
             _INSTANCES.c.sop_instance_uid == rec.sop_instance_uid
         )
     ).first()
-    values = dict(
-        study_id=study_id,
-        sop_class_uid=rec.sop_class_uid,
-        series_uid=rec.series_uid,
-        transfer_syntax_uid=rec.transfer_syntax_uid,
-        modality=rec.modality,
-        path=rec.path,
-        size_bytes=rec.size_bytes,
-        sha256=rec.sha256,
-        calling_ae=rec.calling_ae,
-        received_at=now,
-    )
+    values = _instance_values(rec, study_id, now)
     study_values: dict[str, Any] = {"last_received_at": now, "updated_at": now}
     if old is None:
         conn.execute(insert(_INSTANCES).values(sop_instance_uid=rec.sop_instance_uid, **values))
