@@ -70,6 +70,7 @@ def test_counters_gauges_and_histograms_follow_a_burst_of_studies(
         studies = write_phantom_studies(tmp_path / "in", 3, seed=11)
         for st in studies:
             assert all(r.status == 0 for r in push_files(st.paths, "127.0.0.1", node.port))
+        assert node.flush_records()  # /metrics reads SQL: rows follow the responses by milliseconds
 
         during = scrape(server.url)
         assert one(during, "dicomnode_instances_received_total") == 3

@@ -109,7 +109,7 @@ def test_restart_requeues_complete_studies_and_rearms_receiving_ones(tmp_path: P
     first = Node(settings.with_overrides(quiet_seconds=3600), runner=RecordingRunner()).start()
     try:
         assert [r.status for r in push_files([f1, f2], "127.0.0.1", first.port)] == [0, 0]
-        assert first.store is not None
+        assert first.store is not None and first.flush_records()
         # the first run handed one study on and died before it was analysed
         assert set_study_state(first.store, complete_uid, StudyState.COMPLETE)
     finally:
