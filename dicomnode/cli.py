@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -96,16 +97,43 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0 if ok == len(files) else 1
 
 
+def _echo_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext, str] | None:
+    """The client TLS context of ``dicomnode echo``: ``--tls auto`` speaks TLS when the node's own
+    settings have a certificate (so the node's health check works on a TLS-only port) and then
+    presents that certificate; ``--cert``/``--key`` present another one; with ``--ca`` the node's
+    certificate is verified, without it only the channel is encrypted (a liveness check)."""
+    s = _settings(args)
+    if args.tls == "off" or (args.tls == "auto" and s.tls_cert is None):
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if args.ca:
+        ctx.load_verify_locations(cafile=args.ca)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    cert, key = args.cert or s.tls_cert, args.key or s.tls_key
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key is not None else None)
+    return ctx, args.host
+
+
 def cmd_echo(args: argparse.Namespace) -> int:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at runtime, not in the stub
 
+    try:
+        tls = _echo_tls(args)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"C-ECHO: cannot set up TLS: {exc}", file=sys.stderr)
+        return 2
     ae = AE(ae_title=args.calling_ae)
     ae.acse_timeout = ae.network_timeout = args.timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(args.host, args.port, ae_title=args.called_ae)
+    assoc = ae.associate(args.host, args.port, ae_title=args.called_ae, tls_args=tls)
     if not assoc.is_established:
-        print(f"C-ECHO: no association with {args.called_ae}@{args.host}:{args.port}", file=sys.stderr)
+        over = " over TLS" if tls else ""
+        print(f"C-ECHO: no association with {args.called_ae}@{args.host}:{args.port}{over}", file=sys.stderr)
         return 1
     try:
         rsp = assoc.send_c_echo()
@@ -404,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--called-ae", default="DICOMNODE")
     sp.add_argument("--calling-ae", default="ECHOSCU")
     sp.add_argument("--timeout", type=float, default=10)
+    sp.add_argument(
+        "--tls",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="auto: TLS when DICOMNODE_TLS_CERT is set (the node's own health check)",
+    )
+    sp.add_argument("--cert", help="client certificate (PEM); default DICOMNODE_TLS_CERT")
+    sp.add_argument("--key", help="its private key; default DICOMNODE_TLS_KEY")
+    sp.add_argument("--ca", help="verify the node's certificate against this CA bundle")
     sp.set_defaults(func=cmd_echo)
 
     sp = sub.add_parser("results", help="studies and their latest analysis, from SQL")

@@ -6,9 +6,11 @@ node logs why, with AE titles and addresses only.
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from dicomnode import status
 from dicomnode.config import Settings
 from dicomnode.node import Node
 from dicomnode.push import push_files
+from tests.support import wait_until
 from training.phantoms import make_phantom
 
 
@@ -176,7 +179,8 @@ def test_tls_without_a_trusted_client_certificate_gets_no_association(
 ) -> None:
     node, files = tls_node
     assert not _echo(node.port, tls=_client_tls(files, who))
-    assert any(e["event"] == "tls.handshake_failed" for e in logs)
+    # the handshake runs on the association's own thread: its log line may follow the refusal
+    wait_until(lambda: any(e["event"] == "tls.handshake_failed" for e in logs), 5, "the handshake failure log")
     assert _echo(node.port, tls=_client_tls(files, "client"))
 
 
@@ -203,3 +207,35 @@ def test_silent_association_is_dropped_after_the_network_timeout(
         time.sleep(0.1)
     assert assoc.is_aborted, "an idle association outlived DICOMNODE_NETWORK_TIMEOUT_SECONDS"
     assert _echo(node.port)
+
+
+def test_cli_echo_speaks_tls_as_the_nodes_health_check(tls_node: tuple[Node, dict[str, Path]]) -> None:
+    node, files = tls_node
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+    echo = [sys.executable, "-m", "dicomnode", "echo", "--port", str(node.port), "--timeout", "5"]
+
+    def run(extra: list[str], **more_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            echo + extra, env={**env, **more_env}, capture_output=True, text=True, timeout=60
+        )
+
+    verified = run(
+        [
+            "--tls",
+            "on",
+            "--cert",
+            str(files["client"]),
+            "--key",
+            str(files["client_key"]),
+            "--ca",
+            str(files["server"]),
+        ]
+    )
+    assert verified.returncode == 0 and "C-ECHO: success" in verified.stdout, verified.stderr[-2000:]
+    # inside the node's container: TLS and the certificate come from the node's own settings
+    health = run([], DICOMNODE_TLS_CERT=str(files["client"]), DICOMNODE_TLS_KEY=str(files["client_key"]))
+    assert health.returncode == 0, health.stderr[-2000:]
+    plain = run(["--tls", "off"])
+    assert plain.returncode == 1 and "no association" in plain.stderr
+    stranger = run(["--tls", "on", "--cert", str(files["stranger"]), "--key", str(files["stranger_key"])])
+    assert stranger.returncode == 1
