@@ -112,6 +112,11 @@ def send_once(
     return out
 
 
+def backoff_after(attempt: int, backoff_seconds: float, backoff_max_seconds: float) -> float:
+    """The wait after failed attempt number ``attempt`` (1-based): doubling, capped."""
+    return float(min(backoff_seconds * 2 ** (attempt - 1), backoff_max_seconds))
+
+
 def deliver(
     datasets: Sequence[Dataset],
     dest: Destination,
@@ -124,13 +129,19 @@ def deliver(
     fallback: Fallback | None = None,
     extra_sop_classes: Sequence[str] = (),
     sleep: Callable[[float], None] = time.sleep,
+    first_attempt: int = 1,
+    last_attempt: int | None = None,
 ) -> bool:
     """Deliver every dataset to ``dest``; retry the ones that failed with exponential backoff.
 
-    Returns True when all were stored, False when the retry budget ran out.
+    Makes attempts ``first_attempt`` .. ``first_attempt + attempts - 1`` of a budget that ends at
+    ``last_attempt`` (default: the last of these). Returns True when all were stored, False when
+    these attempts ran out.
     """
     pending = list(datasets)
-    for n in range(1, attempts + 1):
+    stop = first_attempt + attempts - 1
+    budget_end = stop if last_attempt is None else last_attempt
+    for n in range(first_attempt, stop + 1):
         results = send_once(
             pending,
             dest,
@@ -148,11 +159,12 @@ def deliver(
             return True
         errors = sorted({r.error or "" for r in results if not r.success})
         log.warning(
-            "delivery.retry" if n < attempts else "delivery.failed",
+            "delivery.retry" if n < budget_end else "delivery.failed",
             destination=str(dest),
             attempt=n,
+            of=budget_end,
             errors=errors,
         )
-        if n < attempts:
-            sleep(min(backoff_seconds * 2 ** (n - 1), backoff_max_seconds))
+        if n < stop:
+            sleep(backoff_after(n, backoff_seconds, backoff_max_seconds))
     return False

@@ -6,6 +6,7 @@ it becomes a Celery task on the queue. Both run :meth:`worker.pipeline.Pipeline.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol
@@ -35,14 +36,41 @@ class InProcessRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicomnode-analyse")
         self._pipeline: Any = None
         self.futures: list[Future[Any]] = []
+        self._timers: list[threading.Timer] = []
 
     def _pipeline_instance(self) -> Any:
         if self._pipeline is None:
             from worker.inference import PneumoniaModel
             from worker.pipeline import Pipeline
 
-            self._pipeline = Pipeline(self.settings, self.store, PneumoniaModel(self.settings.model_path))
+            self._pipeline = Pipeline(
+                self.settings, self.store, PneumoniaModel(self.settings.model_path), defer=self.retry_delivery
+            )
         return self._pipeline
+
+    def retry_delivery(self, study_uid: str, analysis_id: int, delay: float = 0.0) -> None:
+        """A delivery round for ``analysis_id`` on the analysis thread after ``delay`` seconds (a
+        timer meanwhile, so the thread analyses other studies while a PACS is down)."""
+
+        def due() -> None:
+            try:
+                self.futures.append(self._executor.submit(self._deliver, study_uid, analysis_id))
+            except RuntimeError:  # shut down meanwhile: the next start schedules the round again
+                pass
+
+        timer = threading.Timer(delay, due)
+        timer.daemon = True
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def _deliver(self, study_uid: str, analysis_id: int) -> Any:
+        from worker.pipeline import retry_delivery
+
+        try:
+            return retry_delivery(self.settings, self.store, study_uid, analysis_id, self.retry_delivery)
+        except Exception:
+            log.exception("dispatch.delivery_failed", study_uid=study_uid)
+            return None
 
     def _run(self, study_uid: str, queued_at: datetime) -> Any:
         try:
@@ -58,6 +86,8 @@ class InProcessRunner:
         self.futures.append(self._executor.submit(self._run, study_uid, queued_at))
 
     def shutdown(self, wait: bool = True) -> None:
+        for timer in self._timers:  # scheduled delivery rounds: the next start picks them up
+            timer.cancel()
         self._executor.shutdown(wait=wait, cancel_futures=not wait)
 
 

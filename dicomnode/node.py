@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from .config import Settings
-from .dispatch import TaskRunner, make_runner
+from .dispatch import InProcessRunner, TaskRunner, make_runner
 from .fingerprint import Fingerprinter
 from .listener import Listener, ListenerConfig
 from .recovery import RescanReport, rescan
@@ -24,7 +24,7 @@ from .scp import ReceivedInstance, StoreHandler, server_tls_context
 from .storage import sweep_incoming, sweep_partial_writes
 from .store.db import Store
 from .store.models import StudyState, utcnow
-from .store.queries import studies_in_state
+from .store.queries import latest_analysis, studies_awaiting_delivery, studies_in_state
 from .store.records import add_event, set_study_state
 from .tracker import StudyTracker
 
@@ -123,6 +123,12 @@ class Node:
             log.info("node.requeue", study_uid=uid)
             set_study_state(self.store, uid, StudyState.COMPLETE, "re-queued after restart")
             self._dispatch(uid)
+        if isinstance(self.runner, InProcessRunner):  # Celery keeps its scheduled rounds in Redis
+            for uid in studies_awaiting_delivery(self.store):
+                a = latest_analysis(self.store, uid)
+                if a is not None:
+                    log.info("node.delivery_resumed", study_uid=uid)
+                    self.runner.retry_delivery(uid, a.id)
 
     def flush_records(self, timeout: float = 30.0) -> bool:
         """Wait until the SQL rows of every instance answered so far have committed (they follow

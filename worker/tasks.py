@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from dicomnode.config import load_settings
 
 from .app import app
-from .pipeline import Pipeline, execution_label
+from .pipeline import Pipeline, execution_label, retry_delivery
 
 _pipeline: Pipeline | None = None
 _lock = threading.Lock()
@@ -26,7 +26,15 @@ def get_pipeline() -> Pipeline:
     with _lock:
         if _pipeline is None:
             _pipeline = Pipeline.from_settings(load_settings())
+            _pipeline.defer = _schedule_delivery
         return _pipeline
+
+
+def _schedule_delivery(study_uid: str, analysis_id: int, delay: float) -> None:
+    """The next delivery round as a task with a countdown on the same queue: the worker is free
+    for other studies meanwhile, and the round survives a worker restart (acks_late)."""
+    queue = get_pipeline().settings.queue
+    deliver_results_again.apply_async(args=[study_uid, analysis_id], countdown=delay, queue=queue)
 
 
 #: Errors worth another try later (database or broker hiccups, a full or busy disk).
@@ -57,3 +65,20 @@ def analyse_study(study_uid: str, queued_at: str | None = None) -> dict[str, Any
         "priority": outcome.priority,
         "skipped": outcome.skipped,
     }
+
+
+@app.task(
+    name="dicomnode.deliver_results",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=5,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+)
+def deliver_results_again(study_uid: str, analysis_id: int) -> dict[str, Any]:
+    """One scheduled delivery round (see :func:`worker.pipeline.deliver_results`)."""
+    p = get_pipeline()
+    state = retry_delivery(p.settings, p.store, study_uid, analysis_id, p.defer)
+    return {"study_uid": study_uid, "state": state.value if state is not None else "superseded"}

@@ -44,6 +44,10 @@ class StudyState(str, enum.Enum):
     FAILED = "failed"  # the analysis raised (reason recorded)
 
 
+#: How an ANALYSED study's state reason starts while its next delivery round is scheduled.
+DELIVERY_RETRY_REASON = "delivery retry scheduled"
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: DateTime(timezone=True)}
 

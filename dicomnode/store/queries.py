@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .db import Store
-from .models import Analysis, DeliveryAttempt, Instance, Study, StudyState
+from .models import DELIVERY_RETRY_REASON, Analysis, DeliveryAttempt, Instance, Study, StudyState
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -67,6 +67,19 @@ def studies_in_state(store: Store, *states: StudyState) -> list[tuple[str, datet
             .order_by(Study.last_received_at)
         ).all()
     return [(uid, as_utc(at) or at) for uid, at in rows]
+
+
+def studies_awaiting_delivery(store: Store) -> list[str]:
+    """Analysed studies whose next delivery round was scheduled (and may have been lost with
+    the process that held the timer)."""
+    with store.session() as s:
+        rows = s.scalars(
+            select(Study.study_uid).where(
+                Study.state == StudyState.ANALYSED.value,
+                Study.state_reason.startswith(DELIVERY_RETRY_REASON),
+            )
+        ).all()
+    return list(rows)
 
 
 def latest_analysis(store: Store, study_uid: str) -> Analysis | None:
@@ -129,6 +142,17 @@ def result_rows(store: Store, limit: int = 100) -> list[ResultRow]:
                 )
             )
     return out
+
+
+def attempts_made(store: Store, analysis_id: int) -> dict[str, int]:
+    """Destination -> the highest delivery attempt number recorded for an analysis."""
+    with store.session() as s:
+        rows = s.execute(
+            select(DeliveryAttempt.destination, func.max(DeliveryAttempt.attempt))
+            .where(DeliveryAttempt.analysis_id == analysis_id)
+            .group_by(DeliveryAttempt.destination)
+        ).all()
+    return {str(dest): int(n) for dest, n in rows}
 
 
 def delivered_objects(store: Store, study_uid: str) -> set[tuple[str, str]]:
