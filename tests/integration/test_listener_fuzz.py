@@ -130,6 +130,7 @@ def node(tmp_path: Path, node_factory: Callable[[Settings], Node]) -> Node:
     )
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the garbled UIDs: expected here
 def test_mutated_streams_never_take_the_node_down(node: Node) -> None:
     with structlog.testing.capture_logs() as logs:
         _fuzz(node)
