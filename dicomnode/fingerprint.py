@@ -13,29 +13,20 @@ overwrite clears the fingerprint again.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
 import structlog
 from sqlalchemy import select, update
 
+from .storage import sha256_of
 from .store.db import Store
 from .store.models import Instance
 
 log = structlog.get_logger("dicomnode.fingerprint")
-
-
-def _sha256_of_open_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as fh:
-        buf = bytearray(1 << 20)
-        view = memoryview(buf)
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 class Fingerprinter:
@@ -119,7 +110,7 @@ class Fingerprinter:
             if self._stop.is_set():
                 break
             try:
-                done.append((row_id, received_at, _sha256_of_open_file(path)))
+                done.append((row_id, received_at, sha256_of(Path(path))))
             except OSError as exc:  # gone or unreadable: the start-up rescan reports missing files
                 self._unreadable.add(row_id)
                 log.warning("fingerprint.unreadable", path=path, error=type(exc).__name__)

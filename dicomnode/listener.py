@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,6 @@ class StoreRequest:
     sop_instance_uid: str  # Affected SOP Instance UID of the request
     transfer_syntax_uid: str
     path: Path
-    size_bytes: int
     head: bytes = b""  # the first bytes of the data set (up to 64 KiB) as received, for the header
 
 
@@ -359,9 +358,6 @@ class _Message:
     has_data_set: bool
     incoming: _Incoming | None = None
     refuse: int | None = None  # a status decided before the data set arrived
-    data_set_bytes: int = 0
-    done: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -648,7 +644,7 @@ class Association(threading.Thread):
             cx = self._contexts[context_id]
             try:
                 meta = _file_meta(msg.sop_class, msg.sop_instance, str(cx.transfer_syntax[0]), self.calling_ae)
-                msg.incoming = _Incoming(self.listener.incoming_dir, meta, self.listener.early_writeback)
+                msg.incoming = _Incoming(self.listener.incoming_dir, meta, self.listener.config.early_writeback)
             except (ValueError, TypeError) as exc:  # UIDs that cannot go into a file meta
                 self._bound.warning(
                     "store.refused",
@@ -669,7 +665,6 @@ class Association(threading.Thread):
             self.reader.pipe(data_len, msg.incoming.write)
         else:  # a data set we do not keep (refused up front, or not a C-STORE)
             self.reader.pipe(data_len, lambda _: None)
-        msg.data_set_bytes += data_len
         if last:
             self._complete()
 
@@ -705,7 +700,6 @@ class Association(threading.Thread):
             sop_instance_uid=str(msg.sop_instance),
             transfer_syntax_uid=str(cx.transfer_syntax[0]),
             path=incoming.path,
-            size_bytes=incoming.size,
             head=bytes(incoming.head),
         )
         try:
@@ -743,13 +737,11 @@ class Listener:
         *,
         incoming_dir: Path,
         ssl_context: ssl.SSLContext | None = None,
-        early_writeback: bool = True,
     ) -> None:
         self.config = config
         self.on_store = on_store
         self.incoming_dir = str(incoming_dir)
         self.ssl_context = ssl_context
-        self.early_writeback = early_writeback and config.early_writeback
         self.supported_contexts = _supported_contexts()
         self._lock = threading.Lock()
         self._open: set[Association] = set()

@@ -158,7 +158,7 @@ _PARSE_ERRORS = (
 
 
 class StoreHandler:
-    """The EVT_C_STORE handler: validate, store durably, record, notify.
+    """What the listener calls for each C-STORE: validate, store durably, record, notify.
 
     ``duplicate_policy`` decides what a SOP Instance UID that is already stored does: ``overwrite``
     replaces the file atomically and updates its row; ``ignore`` keeps the first file and answers

@@ -40,9 +40,9 @@ def _schedule_delivery(study_uid: str, analysis_id: int, delay: float) -> None:
 #: Errors worth another try later (database or broker hiccups, a full or busy disk).
 TRANSIENT_ERRORS = (OperationalError, OSError)
 
-
-@app.task(
-    name="dicomnode.analyse_study",
+#: Both tasks: acknowledged only when done (a lost worker's task runs again elsewhere), retried
+#: with backoff on transient errors.
+_DURABLE_TASK: dict[str, Any] = dict(
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=TRANSIENT_ERRORS,
@@ -51,6 +51,9 @@ TRANSIENT_ERRORS = (OperationalError, OSError)
     retry_jitter=True,
     max_retries=5,
 )
+
+
+@app.task(name="dicomnode.analyse_study", **_DURABLE_TASK)
 def analyse_study(study_uid: str, queued_at: str | None = None) -> dict[str, Any]:
     """Analyse one complete study (idempotent: a re-delivered task finds it done and returns)."""
     outcome = get_pipeline().analyse_study(
@@ -67,16 +70,7 @@ def analyse_study(study_uid: str, queued_at: str | None = None) -> dict[str, Any
     }
 
 
-@app.task(
-    name="dicomnode.deliver_results",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=5,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=5,
-)
+@app.task(name="dicomnode.deliver_results", **_DURABLE_TASK)
 def deliver_results_again(study_uid: str, analysis_id: int) -> dict[str, Any]:
     """One scheduled delivery round (see :func:`worker.pipeline.deliver_results`)."""
     p = get_pipeline()
