@@ -1,7 +1,8 @@
 """The Celery app: broker and result backend from ``DICOMNODE_BROKER_URL``.
 
 Start workers with ``dicomnode worker`` (or ``celery -A worker.app worker``). Tasks are
-acknowledged late and re-queued if a worker dies, so a study in flight is never lost.
+acknowledged late and re-queued if a worker dies, so a study in flight is never lost. Flower
+(``celery -A worker.app flower``, the ``flower`` service of docker/compose.yml) watches them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=max(settings.task_time_limit - 30, settings.task_time_limit * 0.9),
         task_routes={"dicomnode.analyse_study": {"queue": settings.queue}},
         worker_hijack_root_logger=False,
+        # Task events (sent, started, succeeded, failed) for Flower and `celery events`: Flower
+        # shows a study task from the moment it is queued, not only once it has switched events
+        # on by broadcast. Events go out as Redis PUBLISH: nothing piles up when nobody listens.
+        # They carry the task's arguments: a Study Instance UID, never patient data.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     return app
 
