@@ -53,6 +53,22 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(lvl, logging.WARNING), handlers=[_StderrHandler()], force=True)
+    # Library records (celery, alembic, pynetdicom, highdicom) in the same format as our events:
+    # one JSON object a line with fmt=json, so a log shipper parses every line of a process.
+    handler = _StderrHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    logging.basicConfig(level=max(lvl, logging.WARNING), handlers=[handler], force=True)
     # pynetdicom logs identifiers of C-STORE requests at INFO/DEBUG: keep it at WARNING.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # Celery's own lines at the chosen level: worker ready, task received, succeeded (with the
+    # task's result: study UID, state, score) or failed. They name tasks by ID and study UID only.
+    logging.getLogger("celery").setLevel(lvl)

@@ -7,9 +7,13 @@ acknowledged late and re-queued if a worker dies, so a study in flight is never 
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import setup_logging
 
 from dicomnode.config import Settings, load_settings
+from dicomnode.logconfig import configure_logging
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -49,4 +53,16 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-app = make_celery(load_settings())
+_settings = load_settings()
+app = make_celery(_settings)
+
+
+@setup_logging.connect
+def _log_like_the_node(**_: Any) -> None:
+    """Workers log as the node does (``DICOMNODE_LOG_LEVEL``, ``DICOMNODE_LOG_FORMAT``).
+
+    With a receiver on this signal Celery leaves logging alone: it neither configures the root
+    logger nor swaps sys.stdout/stderr for a logging proxy. Without it the proxy swallowed every
+    line after the banner under ``dicomnode worker`` (our handler writes to sys.stderr, which fed
+    the proxy its own records, dropped as recursion)."""
+    configure_logging(_settings.log_level, _settings.log_format)

@@ -1,4 +1,4 @@
-"""Flower against our Celery app, as docker/compose.yml runs it.
+"""Flower against our Celery app, as docker/compose.yml runs it; the worker's log as it runs there.
 
 Real Redis, real PostgreSQL, a worker started the way production starts one (``dicomnode worker``,
 prefork pool, heartbeats on) and real Flower (``celery -A worker.app flower``). A phantom study goes
@@ -169,7 +169,18 @@ def test_flower_sees_our_worker_and_the_study_task(
     ]
     assert succeeded and float(succeeded[0].rsplit(" ", 1)[1]) == 1.0, succeeded
 
-    # what Flower keeps and shows: UIDs, scores and states, no patient data
-    shown = json.dumps(_get(f"{base}/api/tasks")) + flower.log() + metrics
+    # the production worker's own log (DICOMNODE_LOG_FORMAT=json): after Celery's banner, every
+    # line one JSON object, Celery's lines and ours alike
+    banner_end = worker.log().index("[tasks]")
+    lines = [
+        ln for ln in worker.log()[banner_end:].splitlines()[1:] if ln.strip() and not ln.startswith("  .")
+    ]
+    events = [json.loads(ln) for ln in lines]  # raises on a line that is not JSON
+    assert any(e.get("logger") == "celery.apps.worker" and "ready" in e["event"] for e in events)
+    assert any(e["event"] == "study.analysed" and e.get("study_uid") == study.study_uid for e in events)
+    assert any(e.get("logger") == "celery.app.trace" and "succeeded" in e["event"] for e in events)
+
+    # what Flower keeps and shows, and what the worker logs: UIDs, scores and states, no patient data
+    shown = json.dumps(_get(f"{base}/api/tasks")) + flower.log() + metrics + worker.log()
     for name_or_id in (study.patient_name, study.patient_id):
         assert name_or_id and name_or_id not in shown
