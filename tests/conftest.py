@@ -22,6 +22,7 @@ from dicomnode.config import Destination, Settings
 from dicomnode.logconfig import configure_logging
 from dicomnode.node import Node
 from dicomnode.receiver import Receiver
+from tests.support import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("DICOMNODE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -155,13 +156,7 @@ class CeleryWorker:
         raise RuntimeError(f"celery worker not ready in 60 s: {log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace=20)
         self._log.close()
 
 

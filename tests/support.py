@@ -1,14 +1,26 @@
-"""Small helpers shared by the network tests: free ports, waiting, C-ECHO."""
+"""Small helpers shared by the network tests: free ports, waiting, C-ECHO, stopping subprocesses."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 30) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ from dicomnode.node import Node
 from dicomnode.push import push_files
 from dicomnode.receiver import Receiver
 from dicomnode.store.db import migrate
-from tests.support import free_port, wait_until
+from tests.support import free_port, stop_process, wait_until
 from training.phantoms import write_phantom_studies
 
 from ..conftest import REDIS_URL, REPO, settings_env
@@ -51,13 +51,7 @@ class _Process:
         return True
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 

@@ -36,7 +36,7 @@ from dicomnode.push import PushResult, push_files
 from dicomnode.receiver import Receiver
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, Study
-from tests.support import echo_ok, free_port
+from tests.support import echo_ok, free_port, stop_process
 from training.phantoms import make_phantom
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,13 +86,8 @@ class NodeProcess:
         }
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def store(self) -> Store:
         return Store(f"sqlite:///{(self.storage_dir / 'dicomnode.sqlite3').resolve()}", run_migrations=False)
