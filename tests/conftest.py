@@ -22,7 +22,7 @@ from dicomnode.config import Destination, Settings
 from dicomnode.logconfig import configure_logging
 from dicomnode.node import Node
 from dicomnode.receiver import Receiver
-from tests.support import stop_process
+from tests.support import LoggedProcess, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("DICOMNODE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -196,3 +196,18 @@ def need_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed: the test command installs it (apt-get)")
         pytest.skip(f"{name} not installed")
     return path
+
+
+@pytest.fixture
+def processes() -> Iterator[Callable[..., LoggedProcess]]:
+    """Start subprocesses in the repository (``start(argv, env, log_path)``); all stopped at teardown."""
+    started: list[LoggedProcess] = []
+
+    def start(argv: list[str], env: dict[str, str], log_path: Path) -> LoggedProcess:
+        p = LoggedProcess(argv, env, log_path, cwd=REPO)
+        started.append(p)
+        return p
+
+    yield start
+    for p in reversed(started):
+        p.stop()

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE
@@ -21,6 +22,31 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 30) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class LoggedProcess:
+    """A subprocess with its output (stdout and stderr) in a log file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        """True while it runs; fails the test with the end of its log once it has exited."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.proc.args[:4]} exited {self.proc.returncode}: {self.log()[-3000:]}")
+        return True
+
+    def stop(self, grace: float = 30) -> int:
+        """SIGTERM (SIGKILL after ``grace`` s); returns the exit status. Safe to call twice."""
+        stop_process(self.proc, grace)
+        if not self._log.closed:
+            self._log.close()
+        return int(self.proc.returncode)
 
 
 def free_port() -> int:

@@ -10,12 +10,11 @@ name or ID.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,47 +25,12 @@ from dicomnode.node import Node
 from dicomnode.push import push_files
 from dicomnode.receiver import Receiver
 from dicomnode.store.db import migrate
-from tests.support import free_port, stop_process, wait_until
+from tests.support import LoggedProcess, free_port, wait_until
 from training.phantoms import write_phantom_studies
 
-from ..conftest import REDIS_URL, REPO, settings_env
+from ..conftest import REDIS_URL, settings_env
 
 pytest.importorskip("flower", reason="flower is in the dev extra (make install)")
-
-
-class _Process:
-    """A subprocess with its output in a log file, stopped at teardown."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"{self.proc.args[:4]} exited: {self.log()[-3000:]}")
-        return True
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self._log.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[Callable[[list[str], dict[str, str], Path], _Process]]:
-    started: list[_Process] = []
-
-    def start(argv: list[str], env: dict[str, str], log_path: Path) -> _Process:
-        p = _Process(argv, env, log_path)
-        started.append(p)
-        return p
-
-    yield start
-    for p in reversed(started):
-        p.stop()
 
 
 def _get(url: str) -> Any:
@@ -89,7 +53,7 @@ def test_flower_sees_our_worker_and_the_study_task(
     node_factory: Callable[[Settings], Node],
     celery_queue: str,
     pacs: Receiver,
-    processes: Callable[[list[str], dict[str, str], Path], _Process],
+    processes: Callable[..., LoggedProcess],
 ) -> None:
     settings = make_settings(broker_url=REDIS_URL, queue=celery_queue, database_url=pg_url)
     migrate(settings.effective_database_url)
