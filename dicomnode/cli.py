@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 import sys
 from datetime import datetime
@@ -51,6 +52,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not s.broker_url:
         raise ConfigError("dicomnode worker needs DICOMNODE_BROKER_URL, e.g. redis://127.0.0.1:6379/0")
     configure_logging(s.log_level, s.log_format)
+    if args.config:
+        # The tasks build their settings in the worker processes from the environment
+        # (worker.tasks.get_pipeline): hand the file on, or they would run on the defaults.
+        os.environ["DICOMNODE_CONFIG"] = str(Path(args.config).resolve())
     from worker.app import make_celery
     from worker.inference import PneumoniaModel
 
@@ -72,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     s = _settings(args)
-    if "DICOMNODE_PORT" not in __import__("os").environ and args.port is None:
+    if "DICOMNODE_PORT" not in os.environ and args.port is None:
         s = s.with_overrides(port=0)
     s = s.with_overrides(quiet_seconds=args.quiet)
     configure_logging("warning", s.log_format)

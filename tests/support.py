@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -11,6 +12,8 @@ from typing import Any
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+
+from dicomnode.config import Settings
 
 
 def stop_process(proc: subprocess.Popen[Any], grace: float = 30) -> None:
@@ -47,6 +50,16 @@ class LoggedProcess:
         if not self._log.closed:
             self._log.close()
         return int(self.proc.returncode)
+
+
+def write_settings_toml(path: Path, settings: Settings) -> Path:
+    """``settings`` as a TOML settings file (``[dicomnode]`` table) for ``dicomnode --config``:
+    the values :meth:`Settings.to_env` gives, so the file loads back to the same settings."""
+    prefix = len("DICOMNODE_")
+    values = {k[prefix:].lower(): v for k, v in settings.to_env().items()}
+    lines = [f"{k} = " + json.dumps(v) for k, v in values.items()]  # a JSON string is a TOML string
+    path.write_text("[dicomnode]\n" + "\n".join(lines) + "\n")
+    return path
 
 
 def free_port() -> int:

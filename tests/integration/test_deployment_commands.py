@@ -1,15 +1,18 @@
 """The commands docker/compose.yml runs, as the processes it runs, without Docker.
 
 ``dicomnode migrate`` (one-shot) -> ``dicomnode serve`` (node: SCP, tracker, /metrics) and
-``dicomnode worker`` (prefork Celery worker) on the real Redis and PostgreSQL, configured only by
-``DICOMNODE_*`` variables -> ``dicomnode echo`` (the health check) -> ``dicomnode push`` of phantom
-studies -> SR + SC at the PACS -> ``dicomnode worklist`` (urgent first) -> SIGTERM stops both
-cleanly. Both logs are JSON a line and carry no patient name or ID.
+``dicomnode worker`` (prefork Celery worker) on the real Redis and PostgreSQL -> ``dicomnode echo``
+(the health check) -> ``dicomnode push`` of phantom studies -> SR + SC at the PACS ->
+``dicomnode worklist`` (urgent first) -> SIGTERM stops both cleanly. Both logs are JSON a line and
+carry no patient name or ID. Every command gets its settings from one TOML file (``--config``) and
+none from the environment, as on a host without containers; the compose file's environment
+variables are what the other Celery tests use.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -20,16 +23,21 @@ from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
 from dicomnode.config import Settings
 from dicomnode.receiver import Receiver
-from tests.support import LoggedProcess, echo_ok, free_port, wait_until
+from tests.support import LoggedProcess, echo_ok, free_port, wait_until, write_settings_toml
 from training.phantoms import write_phantom_studies
 
-from ..conftest import REDIS_URL, REPO, settings_env
+from ..conftest import REDIS_URL, REPO
 
 DICOMNODE = [sys.executable, "-m", "dicomnode"]
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*DICOMNODE, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _without_settings_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
+    return dict(env, PYTHONUNBUFFERED="1")
 
 
 def _json_lines(text: str, after: str = "") -> list[dict[str, object]]:
@@ -62,23 +70,25 @@ def test_compose_commands_take_studies_from_push_to_worklist(
         metrics_port=metrics_port,
         log_format="json",
     )
-    env = settings_env(settings)
+    config = write_settings_toml(tmp_path / "dicomnode.toml", settings)
+    env = _without_settings_env()
+    cfg = ["--config", str(config)]
 
-    migrated = _run(["migrate"], env)
+    migrated = _run([*cfg, "migrate"], env)
     assert migrated.returncode == 0, migrated.stderr
     assert "database at revision head" in migrated.stdout
 
-    node = processes([*DICOMNODE, "serve"], env, tmp_path / "node.log")
-    worker = processes([*DICOMNODE, "worker", "--concurrency", "1"], env, tmp_path / "worker.log")
+    node = processes([*DICOMNODE, *cfg, "serve"], env, tmp_path / "node.log")
+    worker = processes([*DICOMNODE, *cfg, "worker", "--concurrency", "1"], env, tmp_path / "worker.log")
     wait_until(lambda: node.alive() and echo_ok(port), 60, "the node to answer C-ECHO", poll=0.5)
     wait_until(lambda: worker.alive() and " ready." in worker.log(), 90, "the worker to be ready", poll=0.5)
 
-    health = _run(["echo", "--port", str(port), "--timeout", "5"], env)  # the compose health check
+    health = _run([*cfg, "echo", "--port", str(port), "--timeout", "5"], env)  # the compose health check
     assert health.returncode == 0, health.stdout + health.stderr
 
     studies = write_phantom_studies(tmp_path / "in", 3, seed=77, positive_fraction=0.5)
     sent = sum(len(s.paths) for s in studies)
-    pushed = _run(["push", str(tmp_path / "in"), "--port", str(port)], env)
+    pushed = _run([*cfg, "push", str(tmp_path / "in"), "--port", str(port)], env)
     assert pushed.returncode == 0 and f"{sent}/{sent} stored" in pushed.stdout, pushed.stdout + pushed.stderr
 
     got = pacs.wait_for(2 * len(studies), timeout=120)
@@ -90,7 +100,7 @@ def test_compose_commands_take_studies_from_push_to_worklist(
         s.study_uid: {str(Comprehensive3DSRStorage), str(SecondaryCaptureImageStorage)} for s in studies
     }
 
-    worklist = _run(["worklist", "--format", "json"], env)
+    worklist = _run([*cfg, "worklist", "--format", "json"], env)
     assert worklist.returncode == 0, worklist.stderr
     rows = json.loads(worklist.stdout)
     assert {r["study_uid"] for r in rows} == {s.study_uid for s in studies}
