@@ -11,6 +11,11 @@ processes hits them alike (the best window is also shown: load only ever slows a
 down); GFLOP/s (of the best window) counts 2 x the multiply-adds of every conv and linear layer.
 torch and onnxruntime both get ``--threads`` (default 2) intra-op threads.
 
+On a GPU host, ``--torch-device cuda`` adds the engine "torch eager fp32 cuda": the same model on
+the GPU, timed host to host (the numpy batch copied to the GPU and both outputs copied back, as a
+worker would), with its peak GPU memory; the CPU engines and the "vs torch" ratios (against torch
+on the CPU) stay as they are. ``--batches 1,8,32`` sets the batch sizes.
+
 Accuracy: the demo model (``--model``, trained if missing) is quantised exactly as
 ``python -m training quantize`` does, calibrated on its own validation split, and fp32 and INT8
 are compared by AUROC on ``--heldout`` fresh full-size phantoms that no training run has seen.
@@ -19,6 +24,7 @@ are compared by AUROC on ``--heldout`` fresh full-size phantoms that no training
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -42,6 +48,7 @@ from training.preprocess import PreprocessConfig, preprocess
 from training.quantize import QUANTIZATION_KEY, quantize_int8
 
 BATCHES = (1, 8)
+CUDA_ENGINE = "torch eager fp32 cuda"
 
 
 def count_flops(model: torch.nn.Module, size: int) -> float:
@@ -102,8 +109,23 @@ def _ort_runner(path: Path, x: np.ndarray, threads: int) -> Callable[[], object]
     return run
 
 
+def _cuda_runner(model: ResNetCAM, x: np.ndarray) -> Callable[[], object]:
+    """One call of ``model`` (already on the GPU) on host array ``x``: copy in, run, copy out."""
+
+    def run() -> object:
+        with torch.inference_mode():
+            prob, cam = model(torch.from_numpy(x).cuda())
+            return prob.cpu(), cam.cpu()  # waits for the GPU
+
+    return run
+
+
 def _engines(
-    model: ResNetCAM, files: dict[str, Path], x: np.ndarray, threads: int
+    model: ResNetCAM,
+    files: dict[str, Path],
+    x: np.ndarray,
+    threads: int,
+    cuda_model: ResNetCAM | None = None,
 ) -> dict[str, Callable[[], object]]:
     xt = torch.from_numpy(x)
 
@@ -112,6 +134,8 @@ def _engines(
             return model(xt)
 
     engines: dict[str, Callable[[], object]] = {"torch eager fp32": torch_eager}
+    if cuda_model is not None:
+        engines[CUDA_ENGINE] = _cuda_runner(cuda_model, x)
     for name, path in files.items():
         engines[name] = _ort_runner(path, x, threads)
     return engines
@@ -131,6 +155,10 @@ def speed(args: argparse.Namespace, tmp: Path) -> None:
         preprocess=config.to_dict(),
     )
     fp32 = export_onnx(model, tmp / "fp32.onnx", card)
+    cuda_model = None
+    if args.torch_device == "cuda":
+        cuda_model = copy.deepcopy(model).cuda().eval()
+        torch.cuda.reset_peak_memory_stats()
     calibration = _phantom_images(11, phantom_labels(32, 11), config, 256, args.threads)
     files = {"onnxruntime fp32": fp32}
     for fmt in ("qdq", "qoperator"):
@@ -146,10 +174,12 @@ def speed(args: argparse.Namespace, tmp: Path) -> None:
         f"{args.threads} threads, median of {args.repeats} x {args.seconds:g} s windows; "
         f"load average {load} on {os.cpu_count()} CPUs"
     )
+    if cuda_model is not None:
+        print(f"{CUDA_ENGINE}: {torch.cuda.get_device_name()}, torch {torch.__version__}, host to host")
     rows = []
-    for batch in BATCHES:
+    for batch in args.batches:
         x = np.random.default_rng(batch).standard_normal((batch, 1, size, size)).astype(np.float32)
-        engines = _engines(model, files, x, args.threads)
+        engines = _engines(model, files, x, args.threads, cuda_model)
         for run in engines.values():  # warm-up: first-call allocations, oneDNN/MLAS kernel choice
             for _ in range(3):
                 run()
@@ -174,6 +204,11 @@ def speed(args: argparse.Namespace, tmp: Path) -> None:
             f"{r_med:>13.2f}x{r_best:>14.2f}x"
         )
     print(f"load average after: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    if cuda_model is not None:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        print(
+            f"{CUDA_ENGINE}: peak GPU memory allocated by torch {peak:.0f} MiB (batch up to {max(args.batches)})"
+        )
 
 
 def accuracy(args: argparse.Namespace, tmp: Path) -> None:
@@ -234,15 +269,34 @@ def accuracy(args: argparse.Namespace, tmp: Path) -> None:
     print(f"\nINT8 held-out AUROC loss {a32 - a8:+.4f}: {verdict} the < 0.01 target")
 
 
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give batch sizes like 1,8,32") from None
+    if not batches or min(batches) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be >= 1")
+    return batches
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--torch-device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: also time torch on the GPU (host to host); the CPU engines stay",
+    )
+    ap.add_argument("--batches", type=_batches, default=BATCHES, help="comma-separated, default 1,8")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=1.0, help="length of one timed window")
     ap.add_argument("--heldout", type=int, default=300, help="fresh phantoms for the INT8 AUROC check")
     ap.add_argument("--model", type=Path, default=Path("dicomnode-data/models/pneumonia-demo.onnx"))
     ap.add_argument("--skip-accuracy", action="store_true")
     args = ap.parse_args()
+    if args.torch_device == "cuda" and not torch.cuda.is_available():
+        ap.error("--torch-device cuda: torch sees no GPU (CPU-only build or no driver)")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="dicomnode-bench-") as tmp:
         speed(args, Path(tmp))
