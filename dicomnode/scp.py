@@ -56,7 +56,12 @@ STORAGE_SOP_CLASSES: frozenset[str] = frozenset(str(cx.abstract_syntax) for cx i
 #: handler needs (SOP Class/Instance UID, Accession Number, Modality, Study/Series UID) comes before.
 _LAST_HEADER_TAG = 0x0020000E
 #: Attributes that name the stored file and its row: each must be present and encoded as UI.
-_UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_UID_TAGS = {
+    "SOPClassUID": 0x00080016,
+    "SOPInstanceUID": 0x00080018,
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,6 +112,26 @@ def read_header_from(head: bytes, transfer_syntax_uid: str) -> InstanceHeader | 
         return None  # the whole file gives the error its proper name
 
 
+def _uid(ds: Dataset, keyword: str, tag: int) -> str:
+    """A UID attribute as text; raises KeyError when missing, ValueError when not encoded as UI.
+
+    Straight from the raw bytes as pydicom read them (``convert_UI`` less the :class:`UID` object
+    and its validation regex, a third of the header parse): UIDs are checked once more, strictly,
+    before they name a file (:func:`dicomnode.storage.instance_path`)."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        raise KeyError(keyword)
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+        # None: implicit VR, where the dictionary says UI; UN: explicit VR from a writer that did
+        # not know the tag, which pydicom reads as UI too (config.replace_un_with_known_vr)
+        if elem.VR not in (None, "UI", "UN"):
+            raise ValueError(f"{keyword} is encoded with VR {elem.VR}, not UI")
+        return elem.value.decode("latin-1").rstrip("\0 ")
+    if ds[keyword].VR != "UI":
+        raise ValueError(f"{keyword} is encoded with VR {ds[keyword].VR}, not UI")
+    return str(ds[keyword].value)
+
+
 def _header_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
     ts = UID(transfer_syntax_uid)
     first = ds.get_item(0x00080016)  # SOP Class UID, still raw: it says how it was actually read
@@ -114,15 +139,12 @@ def _header_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
         if (first.is_implicit_VR, first.is_little_endian) != (ts.is_implicit_VR, ts.is_little_endian):
             # pydicom reads on with a guess; any other reader of the stored file would not
             raise ValueError(f"data set encoding does not match transfer syntax {ts}")
-    for keyword in _UID_KEYWORDS:
-        vr = ds[keyword].VR  # KeyError when missing
-        if vr != "UI":
-            raise ValueError(f"{keyword} is encoded with VR {vr}, not UI")
+    uids = {keyword: _uid(ds, keyword, tag) for keyword, tag in _UID_TAGS.items()}
     return InstanceHeader(
-        study_uid=str(ds.StudyInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.SOPClassUID),
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
         modality=str(ds.get("Modality", "") or "") or None,
         accession_number=str(ds.get("AccessionNumber", "") or "") or None,
         transfer_syntax_uid=transfer_syntax_uid,
