@@ -83,10 +83,10 @@ def _instance_values(rec: InstanceRecord, study_id: int, now: datetime) -> dict[
 def record_instances(store: Store, recs: list[InstanceRecord]) -> list[InstanceOutcome]:
     """Record several instances in one transaction (the SCP's recorder thread, in batches).
 
-    The common case, new instances of a study already receiving, costs a fixed handful of
-    statements whatever the batch size: one SELECT of the studies, one of the instances, one
-    multi-row INSERT and one UPDATE per study. The first instance of a study, duplicates and
-    re-opened studies take the one-at-a-time path."""
+    The common case, new instances of a new study or of one already receiving, costs a fixed
+    handful of statements whatever the batch size: one SELECT of the studies, one of the
+    instances, one INSERT per new study, one multi-row INSERT and one UPDATE per study.
+    Duplicates and re-opened studies take the one-at-a-time path."""
     with store.engine.begin() as conn:
         uids = [r.sop_instance_uid for r in recs]
         if len(recs) == 1 or len(set(uids)) != len(uids):  # the same instance twice: in order
@@ -96,16 +96,20 @@ def record_instances(store: Store, recs: list[InstanceRecord]) -> list[InstanceO
                 select(_INSTANCES.c.sop_instance_uid).where(_INSTANCES.c.sop_instance_uid.in_(uids))
             ).scalars()
         )
-        receiving = {
-            row.study_uid: row.id
+        study_uids = {r.study_uid for r in recs}
+        known = {
+            row.study_uid: (row.id, row.state)
             for row in conn.execute(
-                select(_STUDIES.c.id, _STUDIES.c.study_uid).where(
-                    _STUDIES.c.study_uid.in_({r.study_uid for r in recs}),
-                    _STUDIES.c.state == StudyState.RECEIVING.value,
+                select(_STUDIES.c.id, _STUDIES.c.study_uid, _STUDIES.c.state).where(
+                    _STUDIES.c.study_uid.in_(study_uids)
                 )
             )
         }
         now = utcnow()
+        for rec in recs:  # the first instances of a new study: its row, then the batch path
+            if rec.study_uid not in known:
+                known[rec.study_uid] = (_insert_study(conn, rec, now), StudyState.RECEIVING.value)
+        receiving = {uid: sid for uid, (sid, state) in known.items() if state == StudyState.RECEIVING.value}
         fresh = [r for r in recs if r.sop_instance_uid not in existing and r.study_uid in receiving]
         if fresh:
             conn.execute(
@@ -140,6 +144,23 @@ def _record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
         return _record_instance_in(conn, rec)
 
 
+def _insert_study(conn: Connection, rec: InstanceRecord, now: datetime) -> int:
+    """A new study row, receiving, from its first instance; its ID."""
+    inserted = conn.execute(
+        insert(_STUDIES).values(
+            study_uid=rec.study_uid,
+            calling_ae=rec.calling_ae,
+            accession_number=(rec.accession_number or None),
+            first_received_at=now,
+            last_received_at=now,
+            state=StudyState.RECEIVING.value,
+            instance_count=0,
+        )
+    ).inserted_primary_key
+    assert inserted is not None  # a single-row insert into a table with an integer key
+    return int(inserted[0])
+
+
 def _record_instance_in(conn: Connection, rec: InstanceRecord) -> InstanceOutcome:
     # SQLAlchemy Core: this runs once per received instance and the ORM's unit of work costs
     # milliseconds here. Counts change in SQL (instance_count + 1), never read-modify-write, so
@@ -150,20 +171,7 @@ def _record_instance_in(conn: Connection, rec: InstanceRecord) -> InstanceOutcom
         select(_STUDIES.c.id, _STUDIES.c.state).where(_STUDIES.c.study_uid == rec.study_uid)
     ).first()
     if study is None:
-        inserted = conn.execute(
-            insert(_STUDIES).values(
-                study_uid=rec.study_uid,
-                calling_ae=rec.calling_ae,
-                accession_number=(rec.accession_number or None),
-                first_received_at=now,
-                last_received_at=now,
-                state=receiving,
-                instance_count=0,
-            )
-        ).inserted_primary_key
-        assert inserted is not None  # a single-row insert into a table with an integer key
-        study_id = inserted[0]
-        reopened = False
+        study_id, reopened = _insert_study(conn, rec, now), False
     else:
         study_id, reopened = study.id, study.state != receiving
     old = conn.execute(
