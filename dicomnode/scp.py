@@ -121,14 +121,14 @@ def _uid(ds: Dataset, keyword: str, tag: int) -> str:
     elem = ds.get_item(tag)
     if elem is None:
         raise KeyError(keyword)
-    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
-        # None: implicit VR, where the dictionary says UI; UN: explicit VR from a writer that did
-        # not know the tag, which pydicom reads as UI too (config.replace_un_with_known_vr)
-        if elem.VR not in (None, "UI", "UN"):
-            raise ValueError(f"{keyword} is encoded with VR {elem.VR}, not UI")
+    # None: implicit VR, where the dictionary says UI; UN: explicit VR from a writer that did not
+    # know the tag, which pydicom reads as UI too (config.replace_un_with_known_vr). Any other VR
+    # takes pydicom's path below, which names what is wrong with it.
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.VR in (None, "UI", "UN"):
         return elem.value.decode("latin-1").rstrip("\0 ")
-    if ds[keyword].VR != "UI":
-        raise ValueError(f"{keyword} is encoded with VR {ds[keyword].VR}, not UI")
+    vr = ds[keyword].VR  # NotImplementedError for a VR that does not exist
+    if vr != "UI":
+        raise ValueError(f"{keyword} is encoded with VR {vr}, not UI")
     return str(ds[keyword].value)
 
 
