@@ -127,3 +127,27 @@ def test_peer_abort_mid_association_is_logged_and_the_node_serves_on(
     assert list(node.settings.instances_dir.rglob(f"{ds.SOPInstanceUID}.dcm"))
     time.sleep(0.2)
     assert list(node.incoming_dir.iterdir()) == []
+
+
+def test_file_made_ahead_for_the_next_instance_is_used_and_removed_on_release(
+    tmp_path: Path, node_factory: Callable[[Settings], Node]
+) -> None:
+    """After each C-STORE response the association makes the next instance's receive file while
+    the sender sends again; the next instance lands in it, and release removes the unused one."""
+    node = _node(tmp_path, node_factory)
+    assoc = _associate(node.port)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(_phantom(tmp_path, 6, size=64)[0]).Status == status.SUCCESS
+        wait_until(lambda: len(list(node.incoming_dir.iterdir())) == 1, 5, "the file made ahead")
+        [ahead] = list(node.incoming_dir.iterdir())
+        assert ahead.stat().st_size == 0
+        inode = ahead.stat().st_ino
+        ds = _phantom(tmp_path, 7, size=64)[0]
+        assert assoc.send_c_store(ds).Status == status.SUCCESS
+        [stored] = list(node.settings.instances_dir.rglob(f"{ds.SOPInstanceUID}.dcm"))
+        assert stored.stat().st_ino == inode  # the same file, renamed into place
+    finally:
+        assoc.release()
+    wait_until(lambda: list(node.incoming_dir.iterdir()) == [], 5, "no receive file left after release")
+    assert len(list(node.settings.instances_dir.rglob("*.dcm"))) == 2
