@@ -106,6 +106,15 @@ def pg_url() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database the node supports in turn: a SQLite file, then a fresh database on the real
+    PostgreSQL server (:func:`pg_url`)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.sqlite3'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
 def settings_env(s: Settings) -> dict[str, str]:
     """This process's environment with the DICOMNODE_* variables that give a worker ``s``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}

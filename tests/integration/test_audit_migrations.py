@@ -3,9 +3,6 @@ real SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
@@ -27,13 +24,6 @@ NEW_INDEXES = {
     "delivery_attempts": {"ix_delivery_attempts_success_attempted_at"},
     "events": {"ix_events_kind_at"},
 }
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'm2.sqlite3'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def _indexes(engine: object, table: str) -> set[str]:

@@ -25,14 +25,9 @@ THRESHOLD = 0.5
 BASELINE = Baseline((30, 20, 10, 5, 5, 5, 5, 5, 5, 10), "validation")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = (
-        f"sqlite:///{tmp_path / 'm.sqlite3'}"
-        if request.param == "sqlite"
-        else str(request.getfixturevalue("pg_url"))
-    )
-    s = Store(url)
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
     yield s
     s.dispose()
 

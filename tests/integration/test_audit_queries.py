@@ -7,7 +7,6 @@ import io
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -20,13 +19,9 @@ T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
-    else:
-        url = str(request.getfixturevalue("pg_url"))
-    s = Store(url)
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
     _seed(s)
     yield s
     s.dispose()

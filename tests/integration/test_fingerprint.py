@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +17,11 @@ from dicomnode.store.records import InstanceRecord, record_instance
 from tests.support import wait_until
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    url = (
-        f"sqlite:///{tmp_path / 'fp.sqlite3'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
-    s = Store(url)
-    request.addfinalizer(s.dispose)
-    return s
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    yield s
+    s.dispose()
 
 
 def _stored(store: Store, folder: Path, n: int) -> dict[str, Path]:

@@ -153,13 +153,6 @@ def test_queue_depth_is_the_redis_queue_length_with_a_broker(tmp_path: Path, cel
         store.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'metrics.sqlite3'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 def _study_with_analysis(store: Store, n: int, finished_ago: timedelta) -> None:
     now = utcnow()
     done = now - finished_ago

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from sqlalchemy import create_engine, inspect
 
 from dicomnode.store.db import downgrade, migrate
 from dicomnode.store.models import Base
 
 TABLES = {"studies", "instances", "analyses", "delivery_attempts", "events"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'm.sqlite3'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def test_upgrade_creates_the_model_schema_and_downgrade_removes_it(db_url: str) -> None:

@@ -3,7 +3,7 @@ new studies, studies already receiving, duplicates and re-opened studies, on SQL
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
@@ -23,16 +23,11 @@ CR = "1.2.840.10008.5.1.4.1.1.1"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    url = (
-        f"sqlite:///{tmp_path / 'batch.sqlite3'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
-    s = Store(url)
-    request.addfinalizer(s.dispose)
-    return s
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    yield s
+    s.dispose()
 
 
 def _rec(study: str, sop: str, path: str = "") -> InstanceRecord:
