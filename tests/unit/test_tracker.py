@@ -48,3 +48,19 @@ def test_background_thread_emits_after_quiet_period() -> None:
         assert got.wait(5)
     finally:
         t.stop()
+
+
+def test_thread_sleeps_until_the_quietest_study_is_due() -> None:
+    clock = FakeClock()
+    t = StudyTracker(5.0, lambda uid: None, clock=clock)
+    assert t.seconds_to_next_due() == 5.0  # nothing pending: a new study is due in a full period
+    t.touch("1.2.3")
+    clock.t = 2.0
+    t.touch("1.2.4")
+    clock.t = 3.0
+    assert t.seconds_to_next_due() == 2.0  # 1.2.3, touched at 0
+    t.touch("1.2.3")  # a late instance: now 1.2.4 is next
+    assert t.seconds_to_next_due() == 4.0
+    clock.t = 8.0
+    assert t.seconds_to_next_due() == 0.0 and t.due() == ["1.2.3", "1.2.4"]
+
