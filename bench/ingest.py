@@ -11,7 +11,7 @@ every DCMTK tool (DCMTK 3.6.7 leaves Nagle on otherwise). Receivers:
 
 - ``storescp``: DCMTK, writes each file, no fsync (its default).
 - ``dicomnode``: ``python -m dicomnode serve`` as shipped: the data set streamed into a file on the
-  storage filesystem, fsync of file and folder, then Success; the SQL row follows within ~0.1 s
+  storage filesystem, fsync of file and folder, then Success; the SQL row follows within ~20 ms
   (``dicomnode.recorder``) and the SHA-256 once the sender is quiet (``dicomnode.fingerprint``).
 - ``dicomnode fsync=off``: the same without the two fsyncs (DICOMNODE_FSYNC=false), to show what
   durability costs on this disk.
