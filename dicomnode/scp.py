@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -56,11 +57,9 @@ STORAGE_SOP_CLASSES: frozenset[str] = frozenset(str(cx.abstract_syntax) for cx i
 #: handler needs (SOP Class/Instance UID, Accession Number, Modality, Study/Series UID) comes before.
 _LAST_HEADER_TAG = 0x0020000E
 #: Attributes that name the stored file and its row: each must be present and encoded as UI.
-_UID_TAGS = {
-    "SOPClassUID": 0x00080016,
-    "SOPInstanceUID": 0x00080018,
-    "StudyInstanceUID": 0x0020000D,
-    "SeriesInstanceUID": 0x0020000E,
+_UID_TAGS: dict[str, int] = {
+    keyword: int(tag_for_keyword(keyword) or 0)
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 }
 
 
