@@ -81,11 +81,11 @@ class StudyTracker:
 
     def _run(self) -> None:
         # Sleep until the next study is due, not by a fixed tick: a tick of 0.25 s added 0.125 s
-        # on average to every study's time to result. The floor keeps an early wake-up from
-        # spinning; the cap keeps stop() prompt.
+        # on average to every study's time to result. stop() wakes the wait; the floor keeps an
+        # early wake-up from spinning.
         while not self._stop.is_set():
             self._emit(self.due())
-            self._wake.wait(min(max(self.seconds_to_next_due(), 0.002), 1.0))
+            self._wake.wait(max(self.seconds_to_next_due(), 0.002))
             self._wake.clear()
 
     def start(self) -> None:
