@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import create_engine, text
 
-from dicomnode import audit, monitoring
 from dicomnode.config import Settings
 from dicomnode.logconfig import configure_logging
-from dicomnode.metrics import SqlCollector
+from dicomnode.ops import audit
+from dicomnode.ops import drift as monitoring
+from dicomnode.ops.metrics import SqlCollector
 from dicomnode.store.db import Store, migrate
 
 CHUNK = 50_000

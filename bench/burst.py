@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 from dicomnode.config import Destination, Settings
+from dicomnode.delivery.push import push_files
 from dicomnode.logconfig import configure_logging
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.receiver import Receiver
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import write_phantom_studies
 from training.demo import ensure_demo_model
-from training.phantoms import write_phantom_studies
+from worker.runners import make_runner
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
                 model=model,
                 destinations=(Destination("BENCHPACS", "127.0.0.1", pacs.port),),
             )
-            node = Node(settings).start()
+            node = Node(settings, make_runner).start()
             try:
                 sent_at: dict[str, float] = {}
                 t0 = time.perf_counter()

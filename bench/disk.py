@@ -11,8 +11,8 @@ C-STORE response makes the node write them. Ways of writing, each timed in the s
   such files may be empty or cut short, although the sender was told Success.
 - ``fsync file``: the same plus fsync of the file: data on disk, but the file's name is not, and a
   crash mid-write leaves a partial file under the final name.
-- ``dicomnode``: the node's own path (``dicomnode.listener._Incoming`` with its early writeback,
-  then ``dicomnode.storage.move_atomic``): write to the incoming folder, fsync, rename into the
+- ``dicomnode``: the node's own path (``dicomnode.net.listener._Incoming`` with its early writeback,
+  then ``dicomnode.receive.storage.move_atomic``): write to the incoming folder, fsync, rename into the
   series folder, fsync the folder. After a power cut each file is whole or absent.
 
 The ratio column is page cache only / that way: what durability alone leaves of the page-cache
@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dicomnode.listener import _Incoming  # noqa: E402  (the node's receive-side file writer)
-from dicomnode.storage import move_atomic  # noqa: E402
+from dicomnode.net.listener import _Incoming  # noqa: E402  (the node's receive-side file writer)
+from dicomnode.receive.storage import move_atomic  # noqa: E402
 
 CHUNK = 75_000  # about what one socket read hands the listener
 

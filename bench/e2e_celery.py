@@ -33,14 +33,15 @@ from pydicom.uid import Comprehensive3DSRStorage
 from sqlalchemy import create_engine, select, text
 
 from dicomnode.config import Destination, Settings
+from dicomnode.delivery.push import push_files
 from dicomnode.logconfig import configure_logging
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.receiver import Receiver
 from dicomnode.store.db import Store, migrate
 from dicomnode.store.models import Analysis, Study
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import write_phantom_studies
 from training.demo import ensure_demo_model
-from training.phantoms import write_phantom_studies
+from worker.runners import make_runner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace, model: Path, queue: str, database_url: str) ->
                 start_worker(settings, root / f"worker{i}.log", f"bench{i}-{queue[-8:]}")
                 for i in range(args.workers)
             ]
-            node = Node(settings).start()
+            node = Node(settings, make_runner).start()
             try:
                 t0 = time.time()
                 for st in studies:

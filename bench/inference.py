@@ -36,15 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, PROBABILITY_OUTPUT, ModelCard
+from dicomnode.model.modelfile import onnx_session, predict_onnx, read_card
+from dicomnode.model.preprocess import PreprocessConfig, preprocess
+from dicomnode.testing.phantoms import make_phantom, phantom_labels
 from training import datasets
-from training.card import CAM_OUTPUT, INPUT_NAME, PROBABILITY_OUTPUT, ModelCard
 from training.demo import demo_train_config, ensure_demo_model
 from training.evaluate import bootstrap_ci, roc_auc
 from training.export import export_onnx
 from training.model import ModelConfig, ResNetCAM, build_model
-from training.modelfile import onnx_session, predict_onnx, read_card
-from training.phantoms import make_phantom, phantom_labels
-from training.preprocess import PreprocessConfig, preprocess
 from training.quantize import QUANTIZATION_KEY, quantize_int8
 
 BATCHES = (1, 8)

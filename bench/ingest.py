@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingest.py                 # 200 CT 512x512 + 50 DX 2048x2048, 7 repetitions
     .venv/bin/python bench/ingest.py --reps 5 --profile
 
-The workload is generated once (CT built with pydicom, DX with training.phantoms.make_phantom) into
+The workload is generated once (CT built with pydicom, DX with dicomnode.testing.phantoms.make_phantom) into
 ``--workload`` and reused. Each repetition starts every receiver fresh on an empty folder (order
 rotated per repetition, ``sync`` before each push so nobody pays for another's dirty pages), times
 ``storescu +sd`` from start to exit, and checks that every file arrived. TCP_NODELAY=1 is set for
@@ -12,7 +12,7 @@ every DCMTK tool (DCMTK 3.6.7 leaves Nagle on otherwise). Receivers:
 - ``storescp``: DCMTK, writes each file, no fsync (its default).
 - ``dicomnode``: ``python -m dicomnode serve`` as shipped: the data set streamed into a file on the
   storage filesystem, fsync of file and folder, then Success; the SQL row follows within ~20 ms
-  (``dicomnode.recorder``) and the SHA-256 once the sender is quiet (``dicomnode.fingerprint``).
+  (``dicomnode.receive.recorder``) and the SHA-256 once the sender is quiet (``dicomnode.receive.fingerprint``).
 - ``dicomnode fsync=off``: the same without the two fsyncs (DICOMNODE_FSYNC=false), to show what
   durability costs on this disk.
 
@@ -71,7 +71,7 @@ def _ct(rng: np.random.Generator, study_uid: str, series_uid: str, i: int) -> Da
 
 
 def _dx(args: tuple[int, Path]) -> None:
-    from training.phantoms import make_phantom
+    from dicomnode.testing.phantoms import make_phantom
 
     seed, out = args
     ds = make_phantom(np.random.default_rng(seed), bool(seed % 2), size=2048)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .selection import SelectionRules
+from dicomnode.model.selection import SelectionRules
 
 ENV_PREFIX = "DICOMNODE_"
 

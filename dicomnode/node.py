@@ -10,34 +10,55 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from .config import Settings
-from .dispatch import InProcessRunner, TaskRunner, make_runner
-from .fingerprint import Fingerprinter
-from .listener import Listener, ListenerConfig
-from .recovery import RescanReport, rescan
-from .scp import ReceivedInstance, StoreHandler, server_tls_context
-from .storage import sweep_incoming, sweep_partial_writes
-from .store.db import Store
-from .store.models import StudyState, utcnow
-from .store.queries import latest_analysis, studies_awaiting_delivery, studies_in_state
-from .store.records import add_event, set_study_state
-from .tracker import StudyTracker
+from dicomnode.config import Settings
+from dicomnode.net.listener import Listener, ListenerConfig
+from dicomnode.receive.fingerprint import Fingerprinter
+from dicomnode.receive.handler import ReceivedInstance, StoreHandler, server_tls_context
+from dicomnode.receive.rescan import RescanReport, rescan
+from dicomnode.receive.storage import sweep_incoming, sweep_partial_writes
+from dicomnode.receive.tracker import StudyTracker
+from dicomnode.store.db import Store
+from dicomnode.store.models import StudyState, utcnow
+from dicomnode.store.queries import latest_analysis, studies_awaiting_delivery, studies_in_state
+from dicomnode.store.records import add_event, set_study_state
 
 log = structlog.get_logger("dicomnode.node")
+
+
+class TaskRunner(Protocol):
+    """Where the node sends complete studies: :mod:`worker.runners` has the in-process and the
+    Celery runner; the node never imports them, it is handed a :data:`RunnerFactory`."""
+
+    def submit(self, study_uid: str, queued_at: datetime) -> None:
+        """Analyse a complete study (now or on a queue)."""
+
+    def resume_delivery(self, study_uid: str, analysis_id: int) -> None:
+        """After a restart: schedule the delivery round a study was waiting for, where the
+        runner does not keep its schedule elsewhere (Celery keeps it in Redis)."""
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking studies; with ``wait``, finish the ones already taken."""
+
+
+#: Builds the node's task runner once its store is open.
+RunnerFactory = Callable[[Settings, Store], TaskRunner]
 
 
 class Node:
     """A running dicomnode. ``start()`` returns once the SCP listens; ``stop()`` shuts down."""
 
-    def __init__(self, settings: Settings, *, runner: TaskRunner | None = None) -> None:
+    def __init__(self, settings: Settings, runners: RunnerFactory) -> None:
         self.settings = settings
         self.store: Store | None = None
-        self.runner = runner
+        self._runners = runners
+        self.runner: TaskRunner | None = None
         self.tracker = StudyTracker(settings.quiet_seconds, self._on_study_complete)
         self._server: Listener | None = None
         self.fingerprinter: Fingerprinter | None = None
@@ -66,8 +87,7 @@ class Node:
         swept = sweep_partial_writes(instances_dir) + sweep_incoming(self.incoming_dir)
         self.store = Store(s.effective_database_url)
         self.rescan_report = rescan(self.store, instances_dir)
-        if self.runner is None:
-            self.runner = make_runner(s, self.store)
+        self.runner = self._runners(s, self.store)
         self._recover()
         self.tracker.start()
         handler = self._handler = StoreHandler(
@@ -123,16 +143,16 @@ class Node:
             log.info("node.requeue", study_uid=uid)
             set_study_state(self.store, uid, StudyState.COMPLETE, "re-queued after restart")
             self._dispatch(uid)
-        if isinstance(self.runner, InProcessRunner):  # Celery keeps its scheduled rounds in Redis
-            for uid in studies_awaiting_delivery(self.store):
-                a = latest_analysis(self.store, uid)
-                if a is not None:
-                    log.info("node.delivery_resumed", study_uid=uid)
-                    self.runner.retry_delivery(uid, a.id)
+        assert self.runner is not None
+        for uid in studies_awaiting_delivery(self.store):
+            a = latest_analysis(self.store, uid)
+            if a is not None:
+                log.info("node.delivery_resumed", study_uid=uid)
+                self.runner.resume_delivery(uid, a.id)
 
     def flush_records(self, timeout: float = 30.0) -> bool:
         """Wait until the SQL rows of every instance answered so far have committed (they follow
-        the C-STORE response by milliseconds: :mod:`dicomnode.recorder`)."""
+        the C-STORE response by milliseconds: :mod:`dicomnode.receive.recorder`)."""
         return self._handler is None or self._handler.recorder.flush(timeout)
 
     def _on_stored(self, inst: ReceivedInstance) -> None:

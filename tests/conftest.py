@@ -21,8 +21,9 @@ import pytest
 from dicomnode.config import Destination, Settings
 from dicomnode.logconfig import configure_logging
 from dicomnode.node import Node
-from dicomnode.receiver import Receiver
+from dicomnode.testing.pacs import Receiver
 from tests.support import LoggedProcess, stop_process
+from worker.runners import make_runner
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("DICOMNODE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -81,7 +82,7 @@ def node_factory() -> Iterator[Callable[[Settings], Node]]:
     nodes: list[Node] = []
 
     def start(settings: Settings) -> Node:
-        n = Node(settings).start()
+        n = Node(settings, make_runner).start()
         nodes.append(n)
         return n
 

@@ -1,12 +1,12 @@
 """dicomnode's training package: phantoms, data loaders, preprocessing, model, training, export.
 
-Importing this package (and :mod:`training.preprocess`, :mod:`training.phantoms`) never imports
+Importing this package (and :mod:`dicomnode.model.preprocess`, :mod:`dicomnode.testing.phantoms`) never imports
 torch: the node and the workers use the preprocessing without the ``train`` extra installed.
 
-Torch-free: :mod:`~training.card` (model card), :mod:`~training.preprocess` (the one
-preprocessing), :mod:`~training.phantoms` (synthetic DX/CR studies), :mod:`~training.datasets`
+Torch-free: :mod:`~dicomnode.model.card` (model card), :mod:`~dicomnode.model.preprocess` (the one
+preprocessing), :mod:`~dicomnode.testing.phantoms` (synthetic DX/CR studies), :mod:`~training.datasets`
 (folder/RSNA loaders, patient split), :mod:`~training.evaluate` (metrics, calibration, bootstrap
-intervals, the drift baseline histogram), :mod:`~training.modelfile` (read a card from an ONNX
+intervals, the drift baseline histogram), :mod:`~dicomnode.model.modelfile` (read a card from an ONNX
 file, score it with onnxruntime), :mod:`~training.plots` (PNG charts in numpy),
 :mod:`~training.report` (the training report), :mod:`~training.quantize` (INT8 with onnxruntime;
 needs onnx), :mod:`~training.demo` (torch only when it has to train). Need torch:

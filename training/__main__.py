@@ -130,8 +130,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from dicomnode.testing.phantoms import write_phantom_studies
     from training.datasets import samples_from_phantom_studies, write_labels_csv
-    from training.phantoms import write_phantom_studies
 
     studies = write_phantom_studies(
         args.out,
@@ -150,8 +150,8 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that ``python -m training train ARGS`` runs (imports torch)."""
+    from dicomnode.model.preprocess import PreprocessConfig
     from training.model import ModelConfig
-    from training.preprocess import PreprocessConfig
     from training.train import TrainConfig
 
     return TrainConfig(
@@ -221,9 +221,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from dicomnode.model.modelfile import read_card
+    from dicomnode.model.preprocess import PreprocessConfig
     from training.datasets import load_arrays, split_source
-    from training.modelfile import read_card
-    from training.preprocess import PreprocessConfig
     from training.quantize import QUANTIZATION_KEY, quantize_int8
 
     if args.n_calibration < 1:
@@ -282,7 +282,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_card(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from training.modelfile import read_card
+    from dicomnode.model.modelfile import read_card
 
     print(json.dumps(asdict(read_card(args.model)), indent=2, sort_keys=True))
     return 0

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from training.phantoms import PhantomStudy, make_phantom, phantom_labels, phantom_patient_id
-from training.preprocess import PreprocessConfig, preprocess
+from dicomnode.model.preprocess import PreprocessConfig, preprocess
+from dicomnode.testing.phantoms import PhantomStudy, make_phantom, phantom_labels, phantom_patient_id
 
 RSNA_IMAGES = "stage_2_train_images"
 RSNA_LABELS = "stage_2_train_labels.csv"

@@ -1,7 +1,7 @@
 """The demo model: a small ResNet-18 trained on phantoms in about a minute on two CPU cores.
 
 It exists so the node can run end to end without real data or downloaded weights. It has only
-seen phantoms (:mod:`training.phantoms`) and must never be used on patients. Importing this module
+seen phantoms (:mod:`dicomnode.testing.phantoms`) and must never be used on patients. Importing this module
 does not import torch; :func:`ensure_demo_model` needs torch only when it has to train.
 """
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.preprocess import PreprocessConfig
+from dicomnode.model.preprocess import PreprocessConfig
 
 if TYPE_CHECKING:
     from training.train import TrainConfig

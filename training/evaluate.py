@@ -1,5 +1,6 @@
 """Binary classification metrics in numpy (no sklearn): AUROC, AP, operating point, calibration,
-bootstrap confidence intervals, and the validation score histogram the node's drift monitor uses.
+bootstrap confidence intervals. The validation score histogram the node's drift monitor uses is
+:func:`dicomnode.model.histogram.score_histogram`.
 
 Convention everywhere: a case is called positive when ``score >= threshold`` (as the model card's
 ``threshold`` is read by the worker). Score bins are ten equal-width bins on [0, 1] with
@@ -13,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-#: edges of the score bins used by the ECE, the reliability diagram and the score histogram
-SCORE_BIN_EDGES: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 #: metrics that get a bootstrap confidence interval in :func:`evaluate_scores`
 CI_METRICS = ("auroc", "average_precision", "sensitivity", "specificity")
 
@@ -227,23 +226,6 @@ def expected_calibration_error(y_true: np.ndarray, scores: np.ndarray, n_bins: i
     return float(np.sum(weights * np.abs(frac_pos[used] - mean_score[used])))
 
 
-def score_histogram(scores: np.ndarray) -> dict[str, list[float] | list[int]]:
-    """Scores in the ten :data:`SCORE_BIN_EDGES` bins: ``{"edges", "counts", "fractions"}``.
-
-    Stored as ``card.metrics["val_score_histogram"]``: the node's drift monitor compares the
-    scores it sees in the field with it (PSI).
-    """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if s.size == 0:
-        raise ValueError("no scores to histogram")
-    counts, _ = np.histogram(np.clip(s, 0.0, 1.0), bins=np.asarray(SCORE_BIN_EDGES))
-    return {
-        "edges": list(SCORE_BIN_EDGES),
-        "counts": [int(c) for c in counts],
-        "fractions": [float(c) / s.size for c in counts],
-    }
-
-
 def bootstrap_ci(
     y_true: np.ndarray,
     scores: np.ndarray,
@@ -285,7 +267,6 @@ def bootstrap_ci(
 
 __all__ = [
     "CI_METRICS",
-    "SCORE_BIN_EDGES",
     "average_precision",
     "bootstrap_ci",
     "calibration_bins",
@@ -296,6 +277,5 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "round_metrics",
-    "score_histogram",
     "threshold_for_sensitivity",
 ]

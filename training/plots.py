@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .font import GLYPH_HEIGHT, text_mask, text_width
+from dicomnode.results.font import GLYPH_HEIGHT, text_mask, text_width
 
 Color = tuple[int, int, int]
 #: x or y values of a series: a sequence of floats or a 1-D array

@@ -35,9 +35,10 @@ import numpy as np
 import onnx
 from pydicom.uid import generate_uid
 
-from training.card import INPUT_NAME, METADATA_KEY, ModelCard
-from training.evaluate import evaluate_scores, roc_auc, round_metrics, score_histogram
-from training.modelfile import predict_onnx, read_card
+from dicomnode.model.card import INPUT_NAME, METADATA_KEY, ModelCard
+from dicomnode.model.histogram import score_histogram
+from dicomnode.model.modelfile import predict_onnx, read_card
+from training.evaluate import evaluate_scores, roc_auc, round_metrics
 
 #: quantisation formats: QDQ (QuantizeLinear/DequantizeLinear pairs around float ops, which
 #: onnxruntime fuses into integer kernels) or QOperator (QLinearConv and friends in the graph)
@@ -88,7 +89,7 @@ def _check_images(images: np.ndarray, size: int, what: str) -> np.ndarray:
     if images.ndim != 4 or images.shape[1:] != (1, size, size) or len(images) == 0:
         raise ValueError(
             f"{what} has shape {images.shape}: need preprocessed images [N >= 1, 1, {size}, {size}] "
-            "(training.preprocess with the card's PreprocessConfig)"
+            "(dicomnode.model.preprocess with the card's PreprocessConfig)"
         )
     return images
 

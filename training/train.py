@@ -35,11 +35,12 @@ import torch
 import torch.nn.functional as F
 from pydicom.uid import generate_uid
 
+from dicomnode.model.card import ModelCard
+from dicomnode.model.histogram import score_histogram
+from dicomnode.model.preprocess import PreprocessConfig
 from training import datasets
-from training.card import ModelCard
-from training.evaluate import evaluate_scores, round_metrics, score_histogram
+from training.evaluate import evaluate_scores, round_metrics
 from training.model import ModelConfig, ResNetCAM, build_model
-from training.preprocess import PreprocessConfig
 
 DATA_SOURCES = ("phantoms", "folder", "rsna")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -190,7 +191,7 @@ class TrainResult:
         )
         metrics["target_sensitivity"] = self.config.target_sensitivity
         if self.val_scores is not None:
-            # the drift monitor's baseline (dicomnode.monitoring reads this key)
+            # the drift monitor's baseline (dicomnode.ops.drift reads this key)
             metrics["val_score_histogram"] = round_metrics(score_histogram(self.val_scores))
             metrics["val_scores_n"] = int(len(self.val_scores))
         return ModelCard(

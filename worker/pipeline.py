@@ -1,6 +1,6 @@
 """One study from stored files to delivered results. Callable without Celery.
 
-select -> read -> preprocess (training.preprocess, the same code training used) -> ONNX ->
+select -> read -> preprocess (dicomnode.model.preprocess, the same code training used) -> ONNX ->
 SR + SC (dicomnode.results) -> write -> C-STORE to every destination -> SQL.
 The embedded mode, the Celery task and the tests all call :meth:`Pipeline.analyse_study`.
 """
@@ -22,10 +22,12 @@ from pydicom import Dataset
 from pydicom.uid import EnhancedSRStorage
 
 from dicomnode.config import Settings
-from dicomnode.delivery import AttemptResult, Fallback, backoff_after, deliver
+from dicomnode.delivery.sender import AttemptResult, Fallback, backoff_after, deliver
+from dicomnode.model.inference import PneumoniaModel
+from dicomnode.model.preprocess import preprocess
+from dicomnode.model.selection import Decision, select
+from dicomnode.receive.storage import write_atomic
 from dicomnode.results import Finding, build_heatmap_sc, build_sr, result_uids
-from dicomnode.selection import Decision, select
-from dicomnode.storage import write_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.models import DELIVERY_RETRY_REASON, StudyState, utcnow
 from dicomnode.store.queries import (
@@ -41,9 +43,6 @@ from dicomnode.store.records import (
     start_analysis,
     update_analysis,
 )
-from training.preprocess import preprocess
-
-from .inference import PneumoniaModel
 
 log = structlog.get_logger("worker.pipeline")
 

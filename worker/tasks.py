@@ -12,9 +12,8 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from dicomnode.config import load_settings
-
-from .app import app
-from .pipeline import Pipeline, execution_label, retry_delivery
+from worker.app import app
+from worker.pipeline import Pipeline, execution_label, retry_delivery
 
 _pipeline: Pipeline | None = None
 _lock = threading.Lock()

@@ -1,6 +1,6 @@
 """Results of the pneumonia triage as DICOM: the SR, the heatmap SC, and the reading order.
 
-Pure functions of typed inputs (a :class:`Finding`, a :class:`training.card.ModelCard`, source
+Pure functions of typed inputs (a :class:`Finding`, a :class:`dicomnode.model.card.ModelCard`, source
 datasets); nothing here reads config, touches the database or the network.
 
 >>> finding = Finding(probability=0.87, threshold=0.5)
@@ -8,12 +8,12 @@ datasets); nothing here reads config, touches the database or the network.
 (True, 'urgent')
 """
 
-from .finding import Finding, Priority
-from .reader import SRSummary, read_sr
-from .sc import build_heatmap_sc
-from .sr import build_sr
-from .uids import ResultUIDs, result_uids
-from .worklist import RankedEntry, RankReason, WorklistEntry, reading_order
+from dicomnode.results.finding import Finding, Priority
+from dicomnode.results.reader import SRSummary, read_sr
+from dicomnode.results.reading_order import RankedEntry, RankReason, WorklistEntry, reading_order
+from dicomnode.results.sc import build_heatmap_sc
+from dicomnode.results.sr import build_sr
+from dicomnode.results.uids import ResultUIDs, result_uids
 
 __all__ = [
     "Finding",

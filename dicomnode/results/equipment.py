@@ -7,10 +7,9 @@ import math
 import highdicom as hd
 from pydicom.sr.codedict import codes as dcm_codes
 
-from training.card import ModelCard
-
-from .finding import Finding
-from .uids import is_uid
+from dicomnode.model.card import ModelCard
+from dicomnode.results.finding import Finding
+from dicomnode.results.uids import is_uid
 
 __all__ = ["check_inputs", "model_equipment"]
 
@@ -39,7 +38,7 @@ def check_inputs(finding: Finding, card: ModelCard) -> None:
     if not isinstance(finding, Finding):
         raise TypeError(f"finding must be a dicomnode.results.Finding, got {type(finding).__name__}")
     if not isinstance(card, ModelCard):
-        raise TypeError(f"card must be a training.card.ModelCard, got {type(card).__name__}")
+        raise TypeError(f"card must be a dicomnode.model.card.ModelCard, got {type(card).__name__}")
     if not math.isclose(finding.threshold, card.threshold, rel_tol=0.0, abs_tol=1e-9):
         raise ValueError(
             f"finding threshold {finding.threshold} differs from model card threshold "

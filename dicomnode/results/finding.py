@@ -21,7 +21,7 @@ class Priority(str, enum.Enum):
 class Finding:
     """The pneumonia probability of a study and the operating point it is judged at.
 
-    ``threshold`` is the model card's operating point (:attr:`training.card.ModelCard.threshold`);
+    ``threshold`` is the model card's operating point (:attr:`dicomnode.model.card.ModelCard.threshold`);
     the finding is reported present when ``probability >= threshold``.
 
     >>> Finding(probability=0.91, threshold=0.5).priority

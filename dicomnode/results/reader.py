@@ -18,8 +18,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DA, TM
 
-from . import codes
-from .finding import Priority
+from dicomnode.results import codes
+from dicomnode.results.finding import Priority
 
 __all__ = ["SRSummary", "read_sr"]
 

@@ -1,7 +1,7 @@
 """Pixels of the heatmap Secondary Capture: the radiograph, the CAM in colour, a banner.
 
 Pure numpy. The radiograph is windowed exactly as the model saw it
-(:func:`training.preprocess.to_unit_image`: rescale, the dataset's VOI or percentiles,
+(:func:`dicomnode.model.preprocess.to_unit_image`: rescale, the dataset's VOI or percentiles,
 MONOCHROME1 inverted so air is dark), shrunk by area averaging, and the class-activation map is
 sampled bilinearly through the same geometry the preprocessing used (centred square padding
 when ``keep_aspect``), so hot spots sit on the anatomy the model looked at.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 
-from training.font import GLYPH_HEIGHT, text_mask, text_width
-from training.preprocess import PreprocessConfig, resize_area, to_unit_image
+from dicomnode.model.preprocess import PreprocessConfig, resize_area, to_unit_image
+from dicomnode.results.font import GLYPH_HEIGHT, text_mask, text_width
 
 __all__ = ["MAX_SIDE", "MIN_WIDTH", "Rendered", "display_image", "jet", "render_heatmap"]
 
@@ -123,7 +123,7 @@ def _cam_on_image(
     # output pixel centres in source pixel units
     y = (np.arange(out_rows) + 0.5) * rows / out_rows
     x = (np.arange(out_cols) + 0.5) * cols / out_cols
-    if keep_aspect:  # training.preprocess.pad_to_square: integer pads, centred
+    if keep_aspect:  # dicomnode.model.preprocess.pad_to_square: integer pads, centred
         side = max(rows, cols)
         y = (y + (side - rows) // 2) / side
         x = (x + (side - cols) // 2) / side

@@ -16,13 +16,12 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from training.card import ModelCard
-
-from .equipment import check_inputs, model_equipment
-from .evidence import chest_orientation, evidence_header
-from .finding import Finding
-from .render import display_image, render_heatmap
-from .uids import ResultUIDs, result_uids
+from dicomnode.model.card import ModelCard
+from dicomnode.results.equipment import check_inputs, model_equipment
+from dicomnode.results.evidence import chest_orientation, evidence_header
+from dicomnode.results.finding import Finding
+from dicomnode.results.render import display_image, render_heatmap
+from dicomnode.results.uids import ResultUIDs, result_uids
 
 __all__ = ["BANNER", "SC_SERIES_DESCRIPTION", "SC_SERIES_NUMBER", "banner_lines", "build_heatmap_sc"]
 
@@ -53,7 +52,7 @@ def build_heatmap_sc(
         The radiograph the CAM belongs to (single-frame MONOCHROME1/2); not modified.
     cam:
         The model's class-activation map for ``source``, float [h, w] in [0, 1] over the model's
-        input square (``training.card.CAM_OUTPUT``); values outside [0, 1] are clipped.
+        input square (``dicomnode.model.card.CAM_OUTPUT``); values outside [0, 1] are clipped.
     finding, card:
         The study's finding and the model's card (threshold, name, version, preprocessing).
     uids:
@@ -65,7 +64,7 @@ def build_heatmap_sc(
     ValueError
         ``source`` is not a single-frame grayscale image, ``cam`` is not 2-D, the finding's
         threshold disagrees with the card, or the card's preprocessing is not one this code
-        implements (``training.preprocess.PreprocessConfig.from_dict``).
+        implements (``dicomnode.model.preprocess.PreprocessConfig.from_dict``).
     """
     check_inputs(finding, card)
     if not source.get("StudyInstanceUID"):

@@ -31,13 +31,12 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from training.card import ModelCard
-
-from . import codes
-from .equipment import check_inputs, model_equipment
-from .evidence import evidence_header, library_ready, same_study
-from .finding import Finding, Priority
-from .uids import ResultUIDs, derived_uid, result_uids
+from dicomnode.model.card import ModelCard
+from dicomnode.results import codes
+from dicomnode.results.equipment import check_inputs, model_equipment
+from dicomnode.results.evidence import evidence_header, library_ready, same_study
+from dicomnode.results.finding import Finding, Priority
+from dicomnode.results.uids import ResultUIDs, derived_uid, result_uids
 
 __all__ = [
     "SR_SERIES_DESCRIPTION",

@@ -83,7 +83,7 @@ class Instance(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str | None] = mapped_column(String(64))  # filled after receipt (dicomnode.fingerprint)
+    sha256: Mapped[str | None] = mapped_column(String(64))  # filled after receipt (dicomnode.receive.fingerprint)
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -151,7 +151,7 @@ class Event(Base):
 
 class GroundTruth(Base):
     """A radiologist's read of a study, imported from CSV (``dicomnode import-truth``): the
-    reference for real-world sensitivity, specificity, PPV and NPV (:mod:`dicomnode.monitoring`)."""
+    reference for real-world sensitivity, specificity, PPV and NPV (:mod:`dicomnode.ops.drift`)."""
 
     __tablename__ = "ground_truth"
 

@@ -7,8 +7,15 @@ from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 
-from .db import Store
-from .models import DELIVERY_RETRY_REASON, Analysis, DeliveryAttempt, Instance, Study, StudyState
+from dicomnode.store.db import Store
+from dicomnode.store.models import (
+    DELIVERY_RETRY_REASON,
+    Analysis,
+    DeliveryAttempt,
+    Instance,
+    Study,
+    StudyState,
+)
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -13,8 +13,8 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from .db import Store
-from .models import Analysis, DeliveryAttempt, Event, Instance, Study, StudyState, utcnow
+from dicomnode.store.db import Store
+from dicomnode.store.models import Analysis, DeliveryAttempt, Event, Instance, Study, StudyState, utcnow
 
 
 def add_event(store: Store, kind: str, study_uid: str | None = None, **detail: Any) -> None:

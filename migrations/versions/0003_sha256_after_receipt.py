@@ -5,7 +5,7 @@ Revises: 0002
 Create Date: 2026-11-25 12:00:00
 
 The SCP no longer hashes an instance before answering the C-STORE (it cost about as much CPU as
-receiving it); :mod:`dicomnode.fingerprint` fills the column once the sender has gone quiet.
+receiving it); :mod:`dicomnode.receive.fingerprint` fills the column once the sender has gone quiet.
 """
 
 from __future__ import annotations

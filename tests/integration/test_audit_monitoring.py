@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from dicomnode.cli import main
-from dicomnode.groundtruth import import_ground_truth
-from dicomnode.monitor_report import write_report
-from dicomnode.monitoring import Baseline, monitor, psi
+from dicomnode.model.histogram import score_histogram
+from dicomnode.ops.drift import Baseline, monitor, psi
+from dicomnode.ops.groundtruth import import_ground_truth
+from dicomnode.ops.report import write_report
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, Study
-from training.evaluate import score_histogram
 
 T0 = datetime(2026, 2, 1, 9, 0, tzinfo=timezone.utc)
 THRESHOLD = 0.5

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dicomnode import audit
 from dicomnode.cli import main
+from dicomnode.ops import audit
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Event, Study
 

@@ -17,16 +17,15 @@ from pydicom.uid import Comprehensive3DSRStorage
 from sqlalchemy import func, select
 
 from dicomnode.config import Destination, Settings
+from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.receiver import Receiver
 from dicomnode.store.db import Store, migrate
 from dicomnode.store.models import Analysis, DeliveryAttempt, StudyState
 from dicomnode.store.queries import study_state
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import write_phantom_studies
+from tests.conftest import REDIS_URL, CeleryWorker
 from tests.support import free_port, wait_until
-from training.phantoms import write_phantom_studies
-
-from ..conftest import REDIS_URL, CeleryWorker
 
 
 def test_killed_worker_task_is_finished_by_another_and_sr_arrives_once(

@@ -22,16 +22,15 @@ from sqlalchemy import select
 
 from dicomnode import cli
 from dicomnode.config import Destination, Settings
+from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.receiver import Receiver
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Study, StudyState
 from dicomnode.store.queries import as_utc, latest_analysis, study_state
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import write_phantom_studies
+from tests.integration.orthanc import free_port
 from tests.support import wait_until
-from training.phantoms import write_phantom_studies
-
-from .orthanc import free_port
 
 
 def _attempts(store: Store, study_uid: str) -> list[DeliveryAttempt]:

@@ -22,11 +22,10 @@ from pathlib import Path
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
 from dicomnode.config import Settings
-from dicomnode.receiver import Receiver
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import write_phantom_studies
+from tests.conftest import REDIS_URL, REPO
 from tests.support import LoggedProcess, echo_ok, free_port, wait_until, write_settings_toml
-from training.phantoms import write_phantom_studies
-
-from ..conftest import REDIS_URL, REPO
 
 DICOMNODE = [sys.executable, "-m", "dicomnode"]
 

@@ -21,14 +21,13 @@ from typing import Any
 import pytest
 
 from dicomnode.config import Settings
+from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.receiver import Receiver
 from dicomnode.store.db import migrate
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import write_phantom_studies
+from tests.conftest import REDIS_URL, settings_env
 from tests.support import LoggedProcess, free_port, wait_until
-from training.phantoms import write_phantom_studies
-
-from ..conftest import REDIS_URL, settings_env
 
 pytest.importorskip("flower", reason="flower is in the dev extra (make install)")
 

@@ -25,8 +25,8 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type:
 
 from dicomnode.config import Settings
 from dicomnode.node import Node
+from dicomnode.testing.phantoms import make_phantom
 from tests.support import echo_ok, wait_until
-from training.phantoms import make_phantom
 
 VARIANTS = 300
 

@@ -19,12 +19,12 @@ from pynetdicom import AE
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
 
-from dicomnode import status
 from dicomnode.config import Settings
-from dicomnode.listener import IMPLEMENTATION_CLASS_UID
+from dicomnode.net import status
+from dicomnode.net.listener import IMPLEMENTATION_CLASS_UID
 from dicomnode.node import Node
+from dicomnode.testing.phantoms import make_phantom
 from tests.support import echo_ok, wait_until
-from training.phantoms import make_phantom
 
 
 @pytest.fixture

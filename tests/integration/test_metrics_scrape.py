@@ -13,14 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from dicomnode.config import Destination, Settings
-from dicomnode.metrics import IdCount, SqlCollector, start_metrics_server
+from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.receiver import Receiver
+from dicomnode.ops.metrics import IdCount, SqlCollector, start_metrics_server
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Instance, Study, utcnow
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import write_phantom_studies
 from tests.support import free_port
-from training.phantoms import write_phantom_studies
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

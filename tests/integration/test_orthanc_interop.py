@@ -20,11 +20,10 @@ from dicomnode.node import Node
 from dicomnode.store.db import Store
 from dicomnode.store.models import Study, StudyState
 from dicomnode.store.queries import latest_analysis, study_state
+from dicomnode.testing.phantoms import write_phantom_studies
+from tests.conftest import need_tool
+from tests.integration.orthanc import Orthanc, free_port
 from tests.support import wait_until
-from training.phantoms import write_phantom_studies
-
-from ..conftest import need_tool
-from .orthanc import Orthanc, free_port
 
 
 def test_orthanc_pushes_a_study_and_receives_sr_and_sc_into_the_same_study(

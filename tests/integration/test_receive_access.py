@@ -22,12 +22,12 @@ import structlog
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from dicomnode import status
 from dicomnode.config import Settings
+from dicomnode.delivery.push import push_files
+from dicomnode.net import status
 from dicomnode.node import Node
-from dicomnode.push import push_files
+from dicomnode.testing.phantoms import make_phantom
 from tests.support import wait_until
-from training.phantoms import make_phantom
 
 
 def _settings(tmp_path: Path, **kw: Any) -> Settings:

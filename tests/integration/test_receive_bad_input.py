@@ -23,15 +23,14 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 
-from dicomnode import status
 from dicomnode.config import Settings
+from dicomnode.delivery.push import push_files
+from dicomnode.net import status
 from dicomnode.node import Node
-from dicomnode.push import push_files
 from dicomnode.store.queries import study_instances
+from dicomnode.testing.phantoms import make_phantom
+from tests.integration.test_scp_refusals import _raw_file
 from tests.support import echo_ok
-from training.phantoms import make_phantom
-
-from .test_scp_refusals import _raw_file
 
 PATIENT_VALUES = ("PHANTOM^BAD", "PIDBAD01")
 

@@ -15,12 +15,12 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from dicomnode import status
 from dicomnode.config import Settings
+from dicomnode.delivery.push import PushResult, push_files
+from dicomnode.net import status
 from dicomnode.node import Node
-from dicomnode.push import PushResult, push_files
 from dicomnode.store.models import Instance, Study
-from training.phantoms import make_phantom
+from dicomnode.testing.phantoms import make_phantom
 
 STUDIES, SENDERS_PER_STUDY, INSTANCES_PER_SENDER = 3, 2, 8
 

@@ -17,14 +17,14 @@ import structlog
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
-from dicomnode import status
 from dicomnode.config import Settings
+from dicomnode.delivery.push import push_files
+from dicomnode.net import status
 from dicomnode.node import Node
-from dicomnode.push import push_files
 from dicomnode.store.queries import instance_by_sop_uid, study_instances
+from dicomnode.testing.phantoms import make_phantom
 from tests.conftest import PG_ADMIN_URL
 from tests.support import echo_ok, wait_until
-from training.phantoms import make_phantom
 
 
 @pytest.fixture

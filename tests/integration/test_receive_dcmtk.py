@@ -20,11 +20,11 @@ from pydicom.uid import generate_uid
 
 from dicomnode.config import Settings
 from dicomnode.node import Node
-from dicomnode.storage import sha256_of
+from dicomnode.receive.storage import sha256_of
 from dicomnode.store.queries import instance_by_sop_uid
+from dicomnode.testing.phantoms import make_phantom
 from tests.conftest import need_tool
 from tests.support import fingerprint_of
-from training.phantoms import make_phantom
 
 DCMTK_ENV = dict(os.environ, TCP_NODELAY="1")
 #: Uncompressed in every flavour pydicom ships (explicit/implicit/big endian, deflate) plus real CTs.

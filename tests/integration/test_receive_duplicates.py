@@ -15,15 +15,15 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from dicomnode import status
 from dicomnode.config import Settings
+from dicomnode.delivery.push import push_files
+from dicomnode.net import status
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.storage import sha256_of
+from dicomnode.receive.storage import sha256_of
 from dicomnode.store.models import Event
 from dicomnode.store.queries import study_instances
+from dicomnode.testing.phantoms import make_phantom
 from tests.support import fingerprint_of
-from training.phantoms import make_phantom
 
 
 def _node(tmp_path: Path, factory: Callable[[Settings], Node], policy: str) -> Node:

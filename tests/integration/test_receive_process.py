@@ -31,13 +31,13 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 from sqlalchemy import select
 
-from dicomnode import status
-from dicomnode.push import PushResult, push_files
-from dicomnode.receiver import Receiver
+from dicomnode.delivery.push import PushResult, push_files
+from dicomnode.net import status
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, Study
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import make_phantom
 from tests.support import echo_ok, free_port, stop_process
-from training.phantoms import make_phantom
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,15 +24,15 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from pynetdicom import AE, _config
 from sqlalchemy import select
 
-from dicomnode import status
 from dicomnode.config import Settings
+from dicomnode.net import status
 from dicomnode.node import Node
 from dicomnode.store.models import Instance
 from tests.support import echo_ok
 
 CORPUS = Path(pydicom.__file__).parent / "data" / "test_files"
 NOT_DICOM_SUFFIXES = {".txt", ".json", ".dump", ".icc", ".gz", ".py"}
-#: The statuses our C-STORE handler documents (dicomnode.status).
+#: The statuses our C-STORE handler documents (dicomnode.net.status).
 DOCUMENTED = {
     status.SUCCESS,
     status.SOP_CLASS_NOT_SUPPORTED,
@@ -180,7 +180,7 @@ def test_instance_is_stored_in_the_transfer_syntax_it_was_sent_in(
 ) -> None:
     """Deflate, big endian, RLE, JPEG 2000, implicit: kept as sent (no decode, no re-encode), and
     the stored file reads back to the same pixels."""
-    from dicomnode.push import push_files
+    from dicomnode.delivery.push import push_files
 
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     node = node_factory(Settings(host="127.0.0.1", port=0, storage_dir=tmp_path / "node", quiet_seconds=3600))

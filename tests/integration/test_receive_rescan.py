@@ -16,15 +16,16 @@ import numpy as np
 import pydicom
 from sqlalchemy import select
 
-from dicomnode import status
 from dicomnode.config import Settings
+from dicomnode.delivery.push import push_files
+from dicomnode.net import status
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.storage import instance_path, sha256_of
+from dicomnode.receive.storage import instance_path, sha256_of
+from dicomnode.store.db import Store
 from dicomnode.store.models import Event, StudyState
 from dicomnode.store.queries import study_instances, study_state
 from dicomnode.store.records import set_study_state
-from training.phantoms import make_phantom
+from dicomnode.testing.phantoms import make_phantom
 
 
 class RecordingRunner:
@@ -36,8 +37,14 @@ class RecordingRunner:
     def submit(self, study_uid: str, queued_at: datetime) -> None:
         self.submitted.append(study_uid)
 
+    def resume_delivery(self, study_uid: str, analysis_id: int) -> None:
+        pass
+
     def shutdown(self, wait: bool = True) -> None:
         pass
+
+    def factory(self, settings: Settings, store: Store) -> RecordingRunner:
+        return self
 
 
 def _settings(tmp_path: Path, quiet: float = 3600) -> Settings:
@@ -55,7 +62,7 @@ def test_restart_records_unrecorded_files_and_reports_missing_ones(tmp_path: Pat
     sent = make_phantom(np.random.default_rng(31), False, size=64)
     f = tmp_path / "sent.dcm"
     sent.save_as(f, enforce_file_format=True)
-    node = Node(settings, runner=RecordingRunner()).start()
+    node = Node(settings, RecordingRunner().factory).start()
     try:
         assert push_files([f], "127.0.0.1", node.port)[0].status == status.SUCCESS
     finally:
@@ -75,7 +82,7 @@ def test_restart_records_unrecorded_files_and_reports_missing_ones(tmp_path: Pat
     (settings.storage_dir / "incoming").mkdir(exist_ok=True)
     (settings.storage_dir / "incoming" / "rx-dead.dcm").write_bytes(b"partial")
 
-    node = Node(settings, runner=RecordingRunner()).start()
+    node = Node(settings, RecordingRunner().factory).start()
     try:
         report = node.rescan_report
         assert report is not None
@@ -106,7 +113,7 @@ def test_restart_requeues_complete_studies_and_rearms_receiving_ones(tmp_path: P
         files.append((ds.StudyInstanceUID, tmp_path / f"{seed}.dcm"))
         ds.save_as(files[-1][1], enforce_file_format=True)
     (complete_uid, f1), (receiving_uid, f2) = files
-    first = Node(settings.with_overrides(quiet_seconds=3600), runner=RecordingRunner()).start()
+    first = Node(settings.with_overrides(quiet_seconds=3600), RecordingRunner().factory).start()
     try:
         assert [r.status for r in push_files([f1, f2], "127.0.0.1", first.port)] == [0, 0]
         assert first.store is not None and first.flush_records()
@@ -116,7 +123,7 @@ def test_restart_requeues_complete_studies_and_rearms_receiving_ones(tmp_path: P
         first.stop()
 
     runner = RecordingRunner()
-    node = Node(settings, runner=runner).start()
+    node = Node(settings, runner.factory).start()
     try:
         assert runner.submitted[:1] == [complete_uid]  # re-queued at start
         deadline = time.monotonic() + 5

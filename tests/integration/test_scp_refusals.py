@@ -14,12 +14,12 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicomnode import status
 from dicomnode.config import Settings
+from dicomnode.delivery.push import push_files
+from dicomnode.net import status
 from dicomnode.node import Node
-from dicomnode.push import push_files
+from dicomnode.testing.phantoms import make_phantom
 from tests.support import echo_ok, fingerprint_of
-from training.phantoms import make_phantom
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_dataset_not_matching_its_context_gets_a900(bare_node: Node, tmp_path: P
 
 
 def test_valid_instance_is_stored_durably_and_recorded(bare_node: Node, tmp_path: Path) -> None:
-    from dicomnode.storage import sha256_of
+    from dicomnode.receive.storage import sha256_of
     from dicomnode.store.queries import study_instances
 
     ds = make_phantom(np.random.default_rng(3), True, size=128)

@@ -14,16 +14,15 @@ from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from sqlalchemy import select
 
 from dicomnode.config import Settings
+from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.receiver import Receiver
 from dicomnode.results import read_sr
 from dicomnode.store.db import Store
 from dicomnode.store.models import DeliveryAttempt, StudyState
 from dicomnode.store.queries import as_utc, latest_analysis, study_state
-from training.phantoms import write_phantom_studies
-
-from ..conftest import CeleryWorker
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import write_phantom_studies
+from tests.conftest import CeleryWorker
 
 
 def _wait_state(store: Store, uid: str, states: set[StudyState], timeout: float) -> StudyState | None:

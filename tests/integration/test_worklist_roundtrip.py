@@ -23,14 +23,14 @@ from sqlalchemy import update
 
 from dicomnode import cli
 from dicomnode.config import Settings
+from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
-from dicomnode.push import push_files
-from dicomnode.receiver import Receiver
 from dicomnode.results import Priority, SRSummary, read_sr
 from dicomnode.store.db import Store
 from dicomnode.store.models import Study, StudyState
 from dicomnode.store.queries import study_state
-from training.phantoms import write_phantom_studies
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import write_phantom_studies
 
 N_STUDIES = 6
 

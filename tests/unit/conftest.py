@@ -12,9 +12,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from training.card import ModelCard
-from training.phantoms import make_phantom
-from training.preprocess import PreprocessConfig
+from dicomnode.model.card import ModelCard
+from dicomnode.model.preprocess import PreprocessConfig
+from dicomnode.testing.phantoms import make_phantom
 
 
 @pytest.fixture

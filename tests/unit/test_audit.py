@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dicomnode.audit import AuditFilter, parse_time
-from dicomnode.tables import render_rows
+from dicomnode.ops.audit import AuditFilter, parse_time
+from dicomnode.ops.tables import render_rows
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc)
 

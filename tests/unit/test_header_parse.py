@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomnode.scp import read_header, read_header_from
-from training.phantoms import make_phantom
+from dicomnode.receive.handler import read_header, read_header_from
+from dicomnode.testing.phantoms import make_phantom
 
 _UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 

@@ -1,4 +1,4 @@
-"""PSI, Wilson intervals, score histograms and baselines of dicomnode.monitoring (no database)."""
+"""PSI, Wilson intervals, score histograms and baselines of dicomnode.ops.drift (no database)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicomnode.monitoring import (
+from dicomnode.model.card import ModelCard
+from dicomnode.model.histogram import SCORE_BIN_EDGES, score_histogram
+from dicomnode.ops.drift import (
     BASELINE_CARD_KEY,
     PSI_EPSILON,
     Baseline,
@@ -20,8 +22,6 @@ from dicomnode.monitoring import (
     psi_band,
     wilson_interval,
 )
-from training.card import ModelCard
-from training.evaluate import SCORE_BIN_EDGES, score_histogram
 
 
 def test_psi_of_identical_distributions_is_zero() -> None:

@@ -1,4 +1,4 @@
-"""Import of radiologists' reads from CSV (dicomnode.groundtruth) into a SQLite store."""
+"""Import of radiologists' reads from CSV (dicomnode.ops.groundtruth) into a SQLite store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dicomnode.groundtruth import GroundTruthError, import_ground_truth, parse_truth_csv
+from dicomnode.ops.groundtruth import GroundTruthError, import_ground_truth, parse_truth_csv
 from dicomnode.store.db import Store
 from dicomnode.store.models import GroundTruth, Study
 

@@ -17,14 +17,14 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
-from training.evaluate import roc_auc
-from training.phantoms import (
+from dicomnode.model.preprocess import PreprocessConfig, preprocess
+from dicomnode.testing.phantoms import (
     PhantomStudy,
     make_phantom,
     phantom_labels,
     write_phantom_studies,
 )
-from training.preprocess import PreprocessConfig, preprocess
+from training.evaluate import roc_auc
 
 
 def _round_trip(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -161,7 +161,7 @@ def test_mean_intensity_does_not_give_the_class_away() -> None:
 
 def test_opacities_only_add_density_inside_the_lungs() -> None:
     # same generator state: same anatomy, distractors and noise, with and without opacities
-    from training.phantoms import chest_density
+    from dicomnode.testing.phantoms import chest_density
 
     pos = chest_density(np.random.default_rng(31), 128, positive=True)
     neg = chest_density(np.random.default_rng(31), 128, positive=False)

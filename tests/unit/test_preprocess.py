@@ -12,8 +12,7 @@ import pytest
 from pydicom.pixels import apply_windowing
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from training.phantoms import make_phantom
-from training.preprocess import (
+from dicomnode.model.preprocess import (
     PREPROCESS_VERSION,
     PreprocessConfig,
     pad_to_square,
@@ -22,6 +21,7 @@ from training.preprocess import (
     resize_area,
     window_to_unit,
 )
+from dicomnode.testing.phantoms import make_phantom
 
 
 def _phantom(photometric: str = "MONOCHROME2", size: int = 120, seed: int = 0) -> pydicom.Dataset:

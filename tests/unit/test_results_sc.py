@@ -10,10 +10,10 @@ import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
+from dicomnode.model.card import ModelCard
 from dicomnode.results import Finding, build_heatmap_sc, result_uids
+from dicomnode.results.font import GLYPH_HEIGHT, text_mask
 from dicomnode.results.sc import BANNER
-from training.card import ModelCard
-from training.font import GLYPH_HEIGHT, text_mask
 
 Phantom = Callable[..., pydicom.Dataset]
 

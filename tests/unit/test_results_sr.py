@@ -14,9 +14,9 @@ import pytest
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import Comprehensive3DSRStorage, EnhancedSRStorage
 
+from dicomnode.model.card import ModelCard
 from dicomnode.results import Finding, Priority, build_sr, codes, read_sr, result_uids
 from dicomnode.results.sr import tracking_uid
-from training.card import ModelCard
 
 Phantom = Callable[..., pydicom.Dataset]
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from dicomnode.config import load_settings
-from dicomnode.selection import SelectionRules, select
-from training.phantoms import make_phantom
+from dicomnode.model.selection import SelectionRules, select
+from dicomnode.testing.phantoms import make_phantom
 
 
 @pytest.fixture

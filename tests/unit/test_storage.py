@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.storage import (
+from dicomnode.receive.storage import (
     UnsafeUIDError,
     instance_path,
     move_atomic,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dicomnode.tracker import StudyTracker
+from dicomnode.receive.tracker import StudyTracker
 
 
 class FakeClock:

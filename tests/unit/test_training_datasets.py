@@ -9,9 +9,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicomnode.model.preprocess import PreprocessConfig
+from dicomnode.testing.phantoms import make_phantom, write_phantom_studies
 from training import datasets
-from training.phantoms import make_phantom, write_phantom_studies
-from training.preprocess import PreprocessConfig
 
 
 def _write(path: Path, patient_id: str, positive: bool, seed: int) -> None:

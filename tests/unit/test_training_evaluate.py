@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dicomnode.model.histogram import SCORE_BIN_EDGES, score_histogram
 from training.evaluate import (
-    SCORE_BIN_EDGES,
     average_precision,
     bootstrap_ci,
     calibration_bins,
@@ -17,7 +17,6 @@ from training.evaluate import (
     precision_recall_curve,
     roc_auc,
     roc_curve,
-    score_histogram,
     threshold_for_sensitivity,
 )
 

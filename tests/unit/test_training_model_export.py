@@ -11,11 +11,11 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from training.card import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard  # noqa: E402
+from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard  # noqa: E402
+from dicomnode.model.modelfile import read_card  # noqa: E402
+from dicomnode.model.preprocess import PreprocessConfig  # noqa: E402
 from training.export import ExportMismatchError, export_onnx, verify_onnx  # noqa: E402
 from training.model import ModelConfig, ResNetCAM, build_model  # noqa: E402
-from training.modelfile import read_card  # noqa: E402
-from training.preprocess import PreprocessConfig  # noqa: E402
 
 
 def _card(size: int) -> ModelCard:

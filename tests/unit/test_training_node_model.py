@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from training.card import CAM_OUTPUT, INPUT_NAME, PROBABILITY_OUTPUT  # noqa: E402
-from training.evaluate import SCORE_BIN_EDGES  # noqa: E402
-from training.modelfile import onnx_session, read_card  # noqa: E402
-from training.phantoms import make_phantom  # noqa: E402
-from training.preprocess import PreprocessConfig, preprocess  # noqa: E402
-from worker.inference import PneumoniaModel  # noqa: E402
+from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, PROBABILITY_OUTPUT  # noqa: E402
+from dicomnode.model.histogram import SCORE_BIN_EDGES  # noqa: E402
+from dicomnode.model.inference import PneumoniaModel  # noqa: E402
+from dicomnode.model.modelfile import onnx_session, read_card  # noqa: E402
+from dicomnode.model.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from dicomnode.testing.phantoms import make_phantom  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the session's demo model (tests/conftest.py trains it once)
 
@@ -40,7 +40,7 @@ def test_demo_card_has_intervals_calibration_and_the_drift_baseline(model_path: 
 
 
 def test_drift_monitor_reads_the_baseline_from_the_card(model_path: Path) -> None:
-    monitoring = pytest.importorskip("dicomnode.monitoring")
+    monitoring = pytest.importorskip("dicomnode.ops.drift")
     card = read_card(model_path)
     baseline = monitoring.baseline_from_card(card)
     assert baseline is not None

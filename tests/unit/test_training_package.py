@@ -16,12 +16,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 TORCH_FREE = (
     "training",
-    "training.card",
-    "training.preprocess",
-    "training.phantoms",
+    "dicomnode.model.card",
+    "dicomnode.model.preprocess",
+    "dicomnode.testing.phantoms",
     "training.datasets",
     "training.evaluate",
-    "training.modelfile",
+    "dicomnode.model.modelfile",
     "training.demo",
     "training.plots",
     "training.report",

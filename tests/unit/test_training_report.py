@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.card import ModelCard
+from dicomnode.model.card import ModelCard
 from training.evaluate import evaluate_scores
 from training.plots import Canvas, Chart, Series, encode_png, nice_ticks
 from training.report import REPORT_HTML, REPORT_MD, write_report

@@ -17,14 +17,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from dicomnode.model.inference import PneumoniaModel  # noqa: E402
+from dicomnode.model.modelfile import predict_onnx, read_card  # noqa: E402
+from dicomnode.model.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from dicomnode.testing.phantoms import make_phantom  # noqa: E402
 from training import datasets  # noqa: E402
 from training.__main__ import main  # noqa: E402
-from training.modelfile import predict_onnx, read_card  # noqa: E402
-from training.phantoms import make_phantom  # noqa: E402
-from training.preprocess import PreprocessConfig, preprocess  # noqa: E402
 from training.quantize import QUANTIZATION_KEY, quantize_int8  # noqa: E402
 from training.train import load_checkpoint_model, predict  # noqa: E402
-from worker.inference import PneumoniaModel  # noqa: E402
 
 N_PATIENTS = 60
 SPLIT_ARGS = ["--val-fraction", "0.25", "--test-fraction", "0.2"]

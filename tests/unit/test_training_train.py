@@ -12,14 +12,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, PROBABILITY_OUTPUT  # noqa: E402
+from dicomnode.model.modelfile import read_card  # noqa: E402
+from dicomnode.model.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from dicomnode.testing.phantoms import make_phantom, phantom_labels  # noqa: E402
 from training.__main__ import build_parser, train_config_from_args  # noqa: E402
-from training.card import CAM_OUTPUT, INPUT_NAME, PROBABILITY_OUTPUT  # noqa: E402
 from training.demo import DEMO_NAME, ensure_demo_model  # noqa: E402
 from training.evaluate import roc_auc  # noqa: E402
 from training.model import ModelConfig  # noqa: E402
-from training.modelfile import read_card  # noqa: E402
-from training.phantoms import make_phantom, phantom_labels  # noqa: E402
-from training.preprocess import PreprocessConfig, preprocess  # noqa: E402
 from training.train import TrainConfig, augment_batch, load_checkpoint_model, train  # noqa: E402
 
 

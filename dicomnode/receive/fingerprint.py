@@ -22,9 +22,9 @@ from pathlib import Path
 import structlog
 from sqlalchemy import select, update
 
-from .storage import sha256_of
-from .store.db import Store
-from .store.models import Instance
+from dicomnode.receive.storage import sha256_of
+from dicomnode.store.db import Store
+from dicomnode.store.models import Instance
 
 log = structlog.get_logger("dicomnode.fingerprint")
 

@@ -1,9 +1,9 @@
 """The node's C-STORE handler and what it needs: header parse, storage rules, TLS context.
 
-:mod:`dicomnode.listener` receives each data set into a file in the node's incoming folder and hands
+:mod:`dicomnode.net.listener` receives each data set into a file in the node's incoming folder and hands
 it here. A C-STORE is answered Success only after the instance is on disk (fsynced, renamed into
 place) and recorded in SQL. Only the header up to the Series Instance UID is parsed; pixel data is
-never decoded here. Every refusal is a named status from :mod:`dicomnode.status` plus a log line with
+never decoded here. Every refusal is a named status from :mod:`dicomnode.net.status` plus a log line with
 UIDs only.
 
 Access (PS3.7 D.3.3.2, PS3.15 B.1), enforced by the listener: the called AE title must be ours; with
@@ -32,14 +32,14 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at runtime, not in the stub
 
-from . import status
-from .config import Settings
-from .listener import StoreRequest
-from .recorder import InstanceRecorder
-from .storage import UnsafeUIDError, instance_path, move_atomic
-from .store.db import Store
-from .store.queries import instance_path_of
-from .store.records import InstanceOutcome, InstanceRecord, add_event
+from dicomnode.config import Settings
+from dicomnode.net import status
+from dicomnode.net.listener import StoreRequest
+from dicomnode.receive.recorder import InstanceRecorder
+from dicomnode.receive.storage import UnsafeUIDError, instance_path, move_atomic
+from dicomnode.store.db import Store
+from dicomnode.store.queries import instance_path_of
+from dicomnode.store.records import InstanceOutcome, InstanceRecord, add_event
 
 log = structlog.get_logger("dicomnode.scp")
 
@@ -116,7 +116,7 @@ def _uid(ds: Dataset, keyword: str, tag: int) -> str:
 
     Straight from the raw bytes as pydicom read them (``convert_UI`` less the :class:`UID` object
     and its validation regex, a third of the header parse): UIDs are checked once more, strictly,
-    before they name a file (:func:`dicomnode.storage.instance_path`)."""
+    before they name a file (:func:`dicomnode.receive.storage.instance_path`)."""
     elem = ds.get_item(tag)
     if elem is None:
         raise KeyError(keyword)
@@ -264,7 +264,7 @@ class StoreHandler:
                 modality=hdr.modality,
                 path=str(stored.path),
                 size_bytes=stored.size_bytes,
-                sha256=None,  # taken once the burst is over (dicomnode.fingerprint)
+                sha256=None,  # taken once the burst is over (dicomnode.receive.fingerprint)
                 calling_ae=ae,
                 accession_number=hdr.accession_number,
             )

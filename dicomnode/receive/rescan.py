@@ -16,11 +16,11 @@ from pathlib import Path
 
 import structlog
 
-from .scp import read_header
-from .storage import instance_path, sha256_of, stored_files
-from .store.db import Store
-from .store.queries import instance_locations
-from .store.records import InstanceRecord, add_event, record_instance
+from dicomnode.receive.handler import read_header
+from dicomnode.receive.storage import instance_path, sha256_of, stored_files
+from dicomnode.store.db import Store
+from dicomnode.store.queries import instance_locations
+from dicomnode.store.records import InstanceRecord, add_event, record_instance
 
 log = structlog.get_logger("dicomnode.recovery")
 

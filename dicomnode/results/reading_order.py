@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .finding import Priority
+from dicomnode.results.finding import Priority
 
 __all__ = ["RankReason", "RankedEntry", "WorklistEntry", "reading_order"]
 

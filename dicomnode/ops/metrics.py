@@ -39,10 +39,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from .config import Settings
-from .store.db import Store
-from .store.models import Analysis, DeliveryAttempt, Instance, Study, StudyState, utcnow
-from .store.queries import as_utc
+from dicomnode.config import Settings
+from dicomnode.store.db import Store
+from dicomnode.store.models import Analysis, DeliveryAttempt, Instance, Study, StudyState, utcnow
+from dicomnode.store.queries import as_utc
 
 log = structlog.get_logger("dicomnode.metrics")
 

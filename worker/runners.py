@@ -2,6 +2,8 @@
 
 With no broker configured the study runs on an in-process executor; with ``DICOMNODE_BROKER_URL``
 it becomes a Celery task on the queue. Both run :meth:`worker.pipeline.Pipeline.analyse_study`.
+The node is handed :func:`make_runner` (a :data:`dicomnode.node.RunnerFactory`) by whoever
+starts it: ``dicomnode serve``, the demo, the tests.
 """
 
 from __future__ import annotations
@@ -9,22 +11,15 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from .config import Settings
-from .store.db import Store
+from dicomnode.config import Settings
+from dicomnode.node import TaskRunner
+from dicomnode.store.db import Store
 
 log = structlog.get_logger("dicomnode.dispatch")
-
-
-class TaskRunner(Protocol):
-    """Something that analyses complete studies."""
-
-    def submit(self, study_uid: str, queued_at: datetime) -> None: ...
-
-    def shutdown(self, wait: bool = True) -> None: ...
 
 
 class InProcessRunner:
@@ -40,7 +35,7 @@ class InProcessRunner:
 
     def _pipeline_instance(self) -> Any:
         if self._pipeline is None:
-            from worker.inference import PneumoniaModel
+            from dicomnode.model.inference import PneumoniaModel
             from worker.pipeline import Pipeline
 
             self._pipeline = Pipeline(
@@ -62,6 +57,10 @@ class InProcessRunner:
         timer.daemon = True
         self._timers = [t for t in self._timers if t.is_alive()] + [timer]
         timer.start()
+
+    def resume_delivery(self, study_uid: str, analysis_id: int) -> None:
+        """A delivery round that was scheduled before a restart (timers die with the process)."""
+        self.retry_delivery(study_uid, analysis_id)
 
     def _deliver(self, study_uid: str, analysis_id: int) -> Any:
         from worker.pipeline import retry_delivery
@@ -107,6 +106,9 @@ class CeleryRunner:
             queue=self.settings.queue,
         )
         log.info("dispatch.queued", study_uid=study_uid, queue=self.settings.queue)
+
+    def resume_delivery(self, study_uid: str, analysis_id: int) -> None:
+        """Nothing to do: the scheduled round is a countdown task kept in Redis."""
 
     def shutdown(self, wait: bool = True) -> None:
         pass

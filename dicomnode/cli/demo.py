@@ -16,14 +16,14 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from training.phantoms import PhantomStudy, write_phantom_studies
-
-from .config import Destination, Settings
-from .node import Node
-from .push import push_files
-from .receiver import Receiver
-from .results import read_sr, reading_order
-from .results.worklist import WorklistEntry
+from dicomnode.config import Destination, Settings
+from dicomnode.delivery.push import push_files
+from dicomnode.node import Node
+from dicomnode.results import read_sr, reading_order
+from dicomnode.results.reading_order import WorklistEntry
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import PhantomStudy, write_phantom_studies
+from worker.runners import make_runner
 
 #: The same synthetic patients every run (a set the demo model separates clearly); each run sends
 #: them as new studies, so re-running the demo never re-opens the last run's studies.
@@ -69,7 +69,7 @@ def run_demo(
             port=settings.port,
             destinations=(Destination("DEMOPACS", "127.0.0.1", pacs.port),),
         )
-        node = Node(node_settings).start()
+        node = Node(node_settings, make_runner).start()
         try:
             print(
                 f"Node {node_settings.ae_title} listening on port {node.port}; results go to "

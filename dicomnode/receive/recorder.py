@@ -5,7 +5,7 @@ what "stored" means, and SQL is the index over it. Recording a row took longer t
 write itself (about 1 ms with the SCP's sender competing for the same two cores), so the SCP hands
 each record to this thread and answers at once; the thread gathers what arrives within 20 ms and
 commits it in one transaction of a few statements (:func:`~dicomnode.store.records.record_instances`). Nothing is lost between the two: a file whose row never committed (power cut, kill -9)
-is found and recorded by the start-up rescan (:mod:`dicomnode.recovery`).
+is found and recorded by the start-up rescan (:mod:`dicomnode.receive.rescan`).
 
 The study's quiet period starts when its row commits (``on_recorded``), so a study is never handed
 to analysis before SQL knows all of its instances. When the database fails, the recorder keeps
@@ -24,8 +24,8 @@ import structlog
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from .store.db import Store
-from .store.records import InstanceOutcome, InstanceRecord, record_instance, record_instances
+from dicomnode.store.db import Store
+from dicomnode.store.records import InstanceOutcome, InstanceRecord, record_instance, record_instances
 
 log = structlog.get_logger("dicomnode.recorder")
 

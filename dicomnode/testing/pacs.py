@@ -14,8 +14,8 @@ from typing import Any
 
 from pynetdicom import AE, evt
 
-from .scp import add_storage_contexts
-from .storage import instance_path, write_atomic
+from dicomnode.receive.handler import add_storage_contexts
+from dicomnode.receive.storage import instance_path, write_atomic
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 METADATA_KEY = "dicomnode.model_card"
 
 #: Names of the graph's input and outputs; the worker relies on them.
-INPUT_NAME = "image"  # float32 [N, 1, S, S], preprocessed by training.preprocess
+INPUT_NAME = "image"  # float32 [N, 1, S, S], preprocessed by dicomnode.model.preprocess
 PROBABILITY_OUTPUT = "probability"  # float32 [N], P(pneumonia)
 CAM_OUTPUT = "cam"  # float32 [N, h, w], class-activation map scaled to [0, 1] per image
 
@@ -29,7 +29,7 @@ class ModelCard:
     threshold: float
     #: a UID that changes at every retrain (DICOM Contributing Equipment Device UID)
     device_uid: str
-    #: ``training.preprocess.PreprocessConfig.to_dict()``
+    #: ``dicomnode.model.preprocess.PreprocessConfig.to_dict()``
     preprocess: dict[str, Any]
     manufacturer: str = "dicomnode"
     architecture: str = "resnet"

@@ -14,7 +14,7 @@ reading: below 0.1 stable, 0.1-0.25 a moderate shift worth a look, above 0.25 a 
 The baseline comes from the model card (``card.metrics["val_score_histogram"]``, written by
 :func:`training.evaluate.score_histogram` at export) or from a file (:func:`load_baseline`).
 
-Performance compares each study's latest radiologist read (:mod:`dicomnode.groundtruth`) with
+Performance compares each study's latest radiologist read (:mod:`dicomnode.ops.groundtruth`) with
 the model version's latest analysis of that study, judged at the threshold the analysis used (the
 model card's operating point). Proportions come with Wilson score 95% intervals.
 """
@@ -32,11 +32,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Integer, case, cast, func, select
 
-from training.evaluate import SCORE_BIN_EDGES, score_histogram
-
-from .store.db import Store
-from .store.models import Analysis, GroundTruth
-from .store.queries import as_utc
+from dicomnode.model.histogram import SCORE_BIN_EDGES, score_histogram
+from dicomnode.store.db import Store
+from dicomnode.store.models import Analysis, GroundTruth
+from dicomnode.store.queries import as_utc
 
 #: share that stands in for an empty bin (the usual PSI convention)
 PSI_EPSILON = 1e-4

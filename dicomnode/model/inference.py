@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
-from training.card import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard
-from training.preprocess import PreprocessConfig
+from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard
+from dicomnode.model.preprocess import PreprocessConfig
 
 log = structlog.get_logger("worker.inference")
 

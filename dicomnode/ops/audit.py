@@ -22,9 +22,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, case, func, select, true
 from sqlalchemy.orm import aliased
 
-from .store.db import Store
-from .store.models import Analysis, DeliveryAttempt, Event, Study, StudyState
-from .store.queries import as_utc
+from dicomnode.store.db import Store
+from dicomnode.store.models import Analysis, DeliveryAttempt, Event, Study, StudyState
+from dicomnode.store.queries import as_utc
 
 SUMMARY_KEYS = ("day", "calling_ae", "state", "model_version", "priority")
 

@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings
-from .logconfig import configure_logging
+from dicomnode.config import ConfigError, Settings, load_settings
+from dicomnode.logconfig import configure_logging
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -27,19 +27,20 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .node import Node
+    from dicomnode.node import Node
+    from worker.runners import make_runner
 
     s = _settings(args)
     configure_logging(s.log_level, s.log_format)
     metrics = store = None
     if s.metrics_port:  # one /metrics for the node and every worker: it reads the shared SQL
-        from .metrics import start_metrics_server
-        from .store.db import Store
+        from dicomnode.ops.metrics import start_metrics_server
+        from dicomnode.store.db import Store
 
         store = Store(s.effective_database_url)
         metrics = start_metrics_server(s, store)
     try:
-        Node(s).serve_forever()
+        Node(s, make_runner).serve_forever()
     finally:
         if metrics is not None and store is not None:
             metrics.stop()
@@ -56,8 +57,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # The tasks build their settings in the worker processes from the environment
         # (worker.tasks.get_pipeline): hand the file on, or they would run on the defaults.
         os.environ["DICOMNODE_CONFIG"] = str(Path(args.config).resolve())
+    from dicomnode.model.inference import PneumoniaModel
     from worker.app import make_celery
-    from worker.inference import PneumoniaModel
 
     # Fail now, not at the first study, if the model is missing or not ours.
     model = PneumoniaModel(s.model_path)
@@ -74,7 +75,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from dicomnode.cli.demo import run_demo
 
     s = _settings(args)
     if "DICOMNODE_PORT" not in os.environ and args.port is None:
@@ -86,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .push import expand, push_files
+    from dicomnode.delivery.push import expand, push_files
 
     files = expand([Path(p) for p in args.paths])
     if not files:
@@ -151,8 +152,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .store.db import Store
-    from .store.queries import result_rows
+    from dicomnode.store.db import Store
+    from dicomnode.store.queries import result_rows
 
     s = _settings(args)
     store = Store(s.effective_database_url)
@@ -180,16 +181,16 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_worklist(args: argparse.Namespace) -> int:
     from datetime import datetime, timedelta, timezone
 
-    from .push import expand
-    from .results import reading_order
-    from .worklist import entries_from_srs, entries_from_store, render
+    from dicomnode.delivery.push import expand
+    from dicomnode.ops.worklist import entries_from_srs, entries_from_store, render
+    from dicomnode.results import reading_order
 
     if args.sr_dir:
         entries, skipped = entries_from_srs(expand([Path(args.sr_dir)]))
         for line in skipped:
             print(f"skipped {line}", file=sys.stderr)
     else:
-        from .store.db import Store
+        from dicomnode.store.db import Store
 
         store = Store(_settings(args).effective_database_url)
         try:
@@ -202,9 +203,9 @@ def cmd_worklist(args: argparse.Namespace) -> int:
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    from .store.db import Store
-    from .store.models import StudyState
-    from .store.queries import studies_in_state
+    from dicomnode.store.db import Store
+    from dicomnode.store.models import StudyState
+    from dicomnode.store.queries import studies_in_state
 
     s = _settings(args)
     configure_logging(s.log_level, s.log_format)
@@ -228,7 +229,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .store.db import downgrade, migrate
+    from dicomnode.store.db import downgrade, migrate
 
     s = _settings(args)
     if args.downgrade:
@@ -240,7 +241,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _time_arg(text: str | None, *, end: bool = False) -> datetime | None:
-    from .audit import parse_time
+    from dicomnode.ops.audit import parse_time
 
     if text is None:
         return None
@@ -251,9 +252,9 @@ def _time_arg(text: str | None, *, end: bool = False) -> datetime | None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from . import audit
-    from .store.db import Store
-    from .tables import render_rows
+    from dicomnode.ops import audit
+    from dicomnode.ops.tables import render_rows
+    from dicomnode.store.db import Store
 
     states = tuple(x.strip().lower() for x in (args.state or "").split(",") if x.strip())
     try:
@@ -294,8 +295,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_import_truth(args: argparse.Namespace) -> int:
-    from .groundtruth import GroundTruthError, import_ground_truth
-    from .store.db import Store
+    from dicomnode.ops.groundtruth import GroundTruthError, import_ground_truth
+    from dicomnode.store.db import Store
 
     store = Store(_settings(args).effective_database_url)
     try:
@@ -318,16 +319,16 @@ def cmd_import_truth(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from .monitor_report import performance_text, write_report
-    from .monitoring import BASELINE_CARD_KEY, Baseline, baseline_from_card, load_baseline, monitor
-    from .store.db import Store
-    from .tables import render_rows
+    from dicomnode.ops.drift import BASELINE_CARD_KEY, Baseline, baseline_from_card, load_baseline, monitor
+    from dicomnode.ops.report import performance_text, write_report
+    from dicomnode.ops.tables import render_rows
+    from dicomnode.store.db import Store
 
     s = _settings(args)
     baselines: dict[str, Baseline] = {}
     models = [Path(m) for m in args.model] or ([s.model_path] if s.model_path.is_file() else [])
     for path in models:
-        from training.modelfile import read_card
+        from dicomnode.model.modelfile import read_card
 
         try:
             card = read_card(path)
@@ -361,7 +362,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     if args.format == "json":
-        from .tables import row_dicts
+        from dicomnode.ops.tables import row_dicts
 
         doc = {
             "drift": row_dicts(result.drift),

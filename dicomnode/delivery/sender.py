@@ -15,7 +15,7 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from .config import Destination
+from dicomnode.config import Destination
 
 log = structlog.get_logger("dicomnode.delivery")
 

@@ -24,9 +24,9 @@ from typing import TypeVar
 
 from sqlalchemy import select
 
-from .store.db import Store
-from .store.models import GroundTruth, Study, utcnow
-from .store.queries import as_utc
+from dicomnode.store.db import Store
+from dicomnode.store.models import GroundTruth, Study, utcnow
+from dicomnode.store.queries import as_utc
 
 COLUMNS = ("study_uid", "accession_number", "label", "reader", "read_at")
 _MAX_ERRORS = 20

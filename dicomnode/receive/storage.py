@@ -37,7 +37,7 @@ class StoredFile:
 
     path: Path
     size_bytes: int
-    sha256: str | None  # None when the bytes were not hashed on the way (see dicomnode.fingerprint)
+    sha256: str | None  # None when the bytes were not hashed on the way (see dicomnode.receive.fingerprint)
 
 
 def instance_path(root: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -101,7 +101,7 @@ def move_atomic(src: Path, path: Path, *, sync: bool = True) -> StoredFile:
 
     The data is fsynced before the rename and the folder after it, so ``path`` is either absent or
     whole after a power cut; ``sync=False`` skips the fsyncs. The file is not read (its SHA-256 is
-    taken later, off the receiving path: :mod:`dicomnode.fingerprint`)."""
+    taken later, off the receiving path: :mod:`dicomnode.receive.fingerprint`)."""
     if sync:
         fd = os.open(src, os.O_RDONLY)
         try:

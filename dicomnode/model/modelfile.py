@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.card import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard
+from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
 
 def read_card(path: Path) -> ModelCard:
-    """Return the :class:`~training.card.ModelCard` stored in the ONNX file at ``path``.
+    """Return the :class:`~dicomnode.model.card.ModelCard` stored in the ONNX file at ``path``.
 
     Raises FileNotFoundError if there is no file, and ValueError if it is not a dicomnode model
-    (no card, or inputs/outputs other than those in :mod:`training.card`).
+    (no card, or inputs/outputs other than those in :mod:`dicomnode.model.card`).
     """
     import onnxruntime as ort
 

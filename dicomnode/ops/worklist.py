@@ -15,10 +15,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from .results import Priority, RankedEntry, WorklistEntry, read_sr
-from .store.db import Store
-from .store.models import Analysis, Study, StudyState
-from .store.queries import as_utc
+from dicomnode.results import Priority, RankedEntry, WorklistEntry, read_sr
+from dicomnode.store.db import Store
+from dicomnode.store.models import Analysis, Study, StudyState
+from dicomnode.store.queries import as_utc
 
 #: Every complete study waits for a radiologist, whatever the AI made of it: a study the model
 #: could not read (not applicable, failed) is listed as routine, never dropped from the list.

@@ -47,7 +47,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
 
-from . import __version__, status
+from dicomnode import __version__
+from dicomnode.net import status
 
 log = structlog.get_logger("dicomnode.scp")
 
@@ -133,7 +134,7 @@ class ListenerConfig:
 
 
 def _supported_contexts() -> list[PresentationContext]:
-    from .scp import add_storage_contexts  # the one definition of what the node accepts
+    from dicomnode.receive.handler import add_storage_contexts  # the one definition of what the node accepts
 
     ae = AE()
     add_storage_contexts(ae)
