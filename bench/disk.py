@@ -11,8 +11,8 @@ C-STORE response makes the node write them. Ways of writing, each timed in the s
   such files may be empty or cut short, although the sender was told Success.
 - ``fsync file``: the same plus fsync of the file: data on disk, but the file's name is not, and a
   crash mid-write leaves a partial file under the final name.
-- ``dicomnode``: the node's own path (``dicomnode.net.listener._Incoming`` with its early writeback,
-  then ``dicomnode.receive.storage.move_atomic``): write to the incoming folder, fsync, rename into the
+- ``dicomnode``: the node's own path (``dicomnode.storage.IncomingFile`` with its early writeback,
+  then ``dicomnode.storage.move_atomic``): write to the incoming folder, fsync, rename into the
   series folder, fsync the folder. After a power cut each file is whole or absent.
 
 The ratio column is page cache only / that way: what durability alone leaves of the page-cache
@@ -35,8 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dicomnode.net.listener import _Incoming  # noqa: E402  (the node's receive-side file writer)
-from dicomnode.receive.storage import move_atomic  # noqa: E402
+from dicomnode.storage import IncomingFile, move_atomic  # noqa: E402  (the node's receive-side write path)
 
 CHUNK = 75_000  # about what one socket read hands the listener
 
@@ -61,7 +60,7 @@ def fsync_file(root: Path, i: int, data: bytes) -> None:
 
 
 def dicomnode(root: Path, i: int, data: bytes) -> None:
-    incoming = _Incoming(str(root / "incoming"), b"", early_writeback=True)
+    incoming = IncomingFile(str(root / "incoming"), b"", early_writeback=True)
     view = memoryview(data)
     for start in range(0, len(view), CHUNK):
         incoming.write(view[start : start + CHUNK])

@@ -265,7 +265,7 @@ def profile(receiver: DicomNode, workload: Path, out: Path) -> None:
         print("\n(py-spy could not attach: ptrace not permitted here?)")
         return
     # The listener serves each association on one thread: socket reads, file writes, our handler.
-    kinds = {"association thread": "Association.run (dicomnode/listener.py"}
+    kinds = {"association thread": "Association.run (dicomnode/net/association.py"}
     leaf: dict[str, collections.Counter[str]] = {k: collections.Counter() for k in kinds}
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")

@@ -1,8 +1,7 @@
 """The SHA-256 of every stored instance, taken after receipt, once the senders have gone quiet.
 
-Hashing costs about as much CPU as receiving the bytes (SHA-256 runs at about 1.1 GB/s on one core
-here, and a busy SCP shares two cores with its sender), so the listener answers a C-STORE as soon as
-the file is durable and recorded, with ``instances.sha256`` still empty. This thread fills it in
+Hashing costs about as much CPU as receiving the bytes (docs/sizing.md), so the listener answers a
+C-STORE as soon as the file is durable and recorded, with ``instances.sha256`` still empty. This thread fills it in
 batches when no C-STORE has been answered for ``quiet_seconds``, or after ``max_delay_seconds`` of
 continuous traffic at the latest. Rows a previous run left without a fingerprint are taken at start.
 
@@ -22,7 +21,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import select, update
 
-from dicomnode.receive.storage import sha256_of
+from dicomnode.storage import sha256_of
 from dicomnode.store.db import Store
 from dicomnode.store.models import Instance
 

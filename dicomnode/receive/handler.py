@@ -1,157 +1,35 @@
-"""The node's C-STORE handler and what it needs: header parse, storage rules, TLS context.
+"""The node's C-STORE policy: what the listener's callback does with each received instance.
 
-:mod:`dicomnode.net.listener` receives each data set into a file in the node's incoming folder and hands
-it here. A C-STORE is answered Success only after the instance is on disk (fsynced, renamed into
-place) and recorded in SQL. Only the header up to the Series Instance UID is parsed; pixel data is
-never decoded here. Every refusal is a named status from :mod:`dicomnode.net.status` plus a log line with
-UIDs only.
+:mod:`dicomnode.net` receives each data set into a file in the node's incoming folder and hands it
+here as a :class:`dicomnode.net.StoreRequest`. A C-STORE is answered Success only after the
+instance is on disk (fsynced, renamed into place) and recorded in SQL. Only the header up to the
+Series Instance UID is parsed (:mod:`dicomnode.receive.header`). Every refusal is a named status
+from :mod:`dicomnode.net.status` plus a log line with UIDs only.
 
-Access (PS3.7 D.3.3.2, PS3.15 B.1), enforced by the listener: the called AE title must be ours; with
-an allow list only the listed calling AE titles may associate; with a certificate the port speaks
-TLS only and, with a CA, peers must present a certificate the CA signed.
+Access (PS3.7 D.3.3.2, PS3.15 B.1) is enforced before this, by the listener: the called AE title
+must be ours; with an allow list only the listed calling AE titles may associate; with a
+certificate the port speaks TLS only (:mod:`dicomnode.net.tls`).
 """
 
 from __future__ import annotations
 
-import io
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset, read_partial
-from pydicom.tag import BaseTag
-from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config
-from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at runtime, not in the stub
 
-from dicomnode.config import Settings
-from dicomnode.net import status
-from dicomnode.net.listener import StoreRequest
+from dicomnode.net import STORAGE_SOP_CLASSES, StoreRequest, status
+from dicomnode.receive.header import InstanceHeader, read_header, read_header_from
 from dicomnode.receive.recorder import InstanceRecorder
-from dicomnode.receive.storage import UnsafeUIDError, instance_path, move_atomic
+from dicomnode.storage import UnsafeUIDError, instance_path, move_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.queries import instance_path_of
 from dicomnode.store.records import InstanceOutcome, InstanceRecord, add_event
 
 log = structlog.get_logger("dicomnode.scp")
-
-# pynetdicom still carries our outgoing associations (delivery, push, echo) and the test PACS.
-# Never log C-STORE identifiers (they carry patient data); its "standard" handlers format a debug
-# dump of every PDU and DIMSE message even when nobody logs at DEBUG: switch them off.
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-_config.LOG_HANDLER_LEVEL = "none"
-
-#: The storage SOP classes we store: pynetdicom's full storage list.
-STORAGE_SOP_CLASSES: frozenset[str] = frozenset(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
-
-#: The last top-level attribute the SCP reads: Series Instance UID (0020,000E). Everything the
-#: handler needs (SOP Class/Instance UID, Accession Number, Modality, Study/Series UID) comes before.
-_LAST_HEADER_TAG = 0x0020000E
-#: Attributes that name the stored file and its row: each must be present and encoded as UI.
-_UID_TAGS: dict[str, int] = {
-    keyword: int(tag_for_keyword(keyword) or 0)
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-}
-
-
-# --------------------------------------------------------------------------------------------
-# header
-
-
-@dataclass(frozen=True)
-class InstanceHeader:
-    """What the node needs from a data set's header (no patient data)."""
-
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    modality: str | None
-    accession_number: str | None
-    transfer_syntax_uid: str
-
-
-def _past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return int(tag) > _LAST_HEADER_TAG
-
-
-def read_header(path: str | Path) -> InstanceHeader:
-    """Parse a Part 10 file up to its Series Instance UID; raises on anything unreadable."""
-    with open(path, "rb") as fh:
-        ds = read_partial(fh, stop_when=_past_header, defer_size=4096)
-    return _header_of(ds, str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
-
-
-def read_header_from(head: bytes, transfer_syntax_uid: str) -> InstanceHeader | None:
-    """Parse the header from the first bytes of a data set as it came off the network (no file
-    meta), or None when ``head`` does not reach past the Series Instance UID, the data set is
-    deflated or anything goes wrong: then :func:`read_header` on the file decides."""
-    ts = UID(transfer_syntax_uid)
-    if not ts.is_transfer_syntax or ts.is_deflated:
-        return None
-    fp = io.BytesIO(head)
-    try:
-        ds = read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian, stop_when=_past_header, defer_size=4096)
-    except Exception:  # e.g. an element cut off at the end of ``head``
-        return None
-    if fp.tell() >= len(head):  # ran out of bytes rather than reaching the stop tag
-        return None
-    try:
-        return _header_of(ds, transfer_syntax_uid)
-    except Exception:
-        return None  # the whole file gives the error its proper name
-
-
-def _uid(ds: Dataset, keyword: str, tag: int) -> str:
-    """A UID attribute as text; raises KeyError when missing, ValueError when not encoded as UI.
-
-    Straight from the raw bytes as pydicom read them (``convert_UI`` less the :class:`UID` object
-    and its validation regex, a third of the header parse): UIDs are checked once more, strictly,
-    before they name a file (:func:`dicomnode.receive.storage.instance_path`)."""
-    elem = ds.get_item(tag)
-    if elem is None:
-        raise KeyError(keyword)
-    # None: implicit VR, where the dictionary says UI; UN: explicit VR from a writer that did not
-    # know the tag, which pydicom reads as UI too (config.replace_un_with_known_vr). Any other VR
-    # takes pydicom's path below, which names what is wrong with it.
-    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.VR in (None, "UI", "UN"):
-        return elem.value.decode("latin-1").rstrip("\0 ")
-    vr = ds[keyword].VR  # NotImplementedError for a VR that does not exist
-    if vr != "UI":
-        raise ValueError(f"{keyword} is encoded with VR {vr}, not UI")
-    return str(ds[keyword].value)
-
-
-def _header_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
-    ts = UID(transfer_syntax_uid)
-    first = ds.get_item(0x00080016)  # SOP Class UID, still raw: it says how it was actually read
-    if ts.is_transfer_syntax and isinstance(first, RawDataElement):
-        if (first.is_implicit_VR, first.is_little_endian) != (ts.is_implicit_VR, ts.is_little_endian):
-            # pydicom reads on with a guess; any other reader of the stored file would not
-            raise ValueError(f"data set encoding does not match transfer syntax {ts}")
-    uids = {keyword: _uid(ds, keyword, tag) for keyword, tag in _UID_TAGS.items()}
-    return InstanceHeader(
-        study_uid=uids["StudyInstanceUID"],
-        series_uid=uids["SeriesInstanceUID"],
-        sop_instance_uid=uids["SOPInstanceUID"],
-        sop_class_uid=uids["SOPClassUID"],
-        modality=str(ds.get("Modality", "") or "") or None,
-        accession_number=str(ds.get("AccessionNumber", "") or "") or None,
-        transfer_syntax_uid=transfer_syntax_uid,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# C-STORE
 
 
 @dataclass(frozen=True)
@@ -319,62 +197,4 @@ class StoreHandler:
         return status.CANNOT_UNDERSTAND
 
 
-# --------------------------------------------------------------------------------------------
-# AE, TLS, handlers
-
-
-class _ServerTLSContext(ssl.SSLContext):
-    """pynetdicom runs the TLS handshake on its accept loop with a blocking socket: a peer that
-    connects and stays silent would stall every other connection. Bound the handshake."""
-
-    handshake_timeout: float = 30.0
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        sock.settimeout(self.handshake_timeout)
-        try:
-            tls = super().wrap_socket(sock, *args, **kwargs)
-        except (OSError, ValueError) as exc:
-            try:
-                peer = sock.getpeername()
-            except OSError:
-                peer = None
-            log.warning(
-                "tls.handshake_failed", peer=str(peer), error=type(exc).__name__, detail=str(exc)[:200]
-            )
-            sock.close()
-            raise
-        tls.settimeout(None)  # pynetdicom polls the socket with select()
-        return tls
-
-
-def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context of the SCP (TLS 1.2+, PS3.15 BCP 195), or None without a certificate."""
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    ctx = _ServerTLSContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.handshake_timeout = settings.acse_timeout_seconds
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
-    if settings.tls_ca is not None:
-        ctx.load_verify_locations(cafile=str(settings.tls_ca))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
-def add_storage_contexts(ae: AE) -> None:
-    """Accept every storage SOP class in every transfer syntax, plus Verification (C-ECHO)."""
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    for cx in StoragePresentationContexts:
-        assert cx.abstract_syntax is not None  # pynetdicom's storage contexts all name their class
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-
-
-__all__ = [
-    "STORAGE_SOP_CLASSES",
-    "InstanceHeader",
-    "ReceivedInstance",
-    "StoreHandler",
-    "add_storage_contexts",
-    "read_header",
-    "server_tls_context",
-]
+__all__ = ["ReceivedInstance", "StoreHandler"]

@@ -1,11 +1,12 @@
 """Records received instances in SQL on one thread, in batches, off the C-STORE path.
 
 A C-STORE is answered once its file is durable (fsynced and renamed into place); the file on disk is
-what "stored" means, and SQL is the index over it. Recording a row took longer than the durable
-write itself (about 1 ms with the SCP's sender competing for the same two cores), so the SCP hands
-each record to this thread and answers at once; the thread gathers what arrives within 20 ms and
-commits it in one transaction of a few statements (:func:`~dicomnode.store.records.record_instances`). Nothing is lost between the two: a file whose row never committed (power cut, kill -9)
-is found and recorded by the start-up rescan (:mod:`dicomnode.receive.rescan`).
+what "stored" means, and SQL is the index over it. Recording a row one at a time costs more than
+the durable write itself (docs/sizing.md), so the SCP hands each record to this thread and answers
+at once; the thread gathers what arrives within 20 ms and commits it in one transaction of a few
+statements (:func:`~dicomnode.store.records.record_instances`). Nothing is lost between the two: a
+file whose row never committed (power cut, kill -9) is found and recorded by the start-up rescan
+(:mod:`dicomnode.receive.rescan`).
 
 The study's quiet period starts when its row commits (``on_recorded``), so a study is never handed
 to analysis before SQL knows all of its instances. When the database fails, the recorder keeps
@@ -52,8 +53,7 @@ class InstanceRecorder:
         max_batch: int = 256,
         max_queue: int = 10_000,
         # The quiet period starts when a row commits, so the linger adds to every study's time to
-        # result: 0.1 s batches saved about 3 % of a 200-slice CT push (bench/ingest.py) but added
-        # about 0.1 s to each study in the demo; 20 ms keeps both small.
+        # result; longer batches help only bursts of small instances (docs/sizing.md, "Recorder").
         linger_seconds: float = 0.02,
     ) -> None:
         self.store = store

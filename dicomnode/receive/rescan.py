@@ -16,8 +16,8 @@ from pathlib import Path
 
 import structlog
 
-from dicomnode.receive.handler import read_header
-from dicomnode.receive.storage import instance_path, sha256_of, stored_files
+from dicomnode.receive.header import read_header
+from dicomnode.storage import instance_path, sha256_of, stored_files
 from dicomnode.store.db import Store
 from dicomnode.store.queries import instance_locations
 from dicomnode.store.records import InstanceRecord, add_event, record_instance

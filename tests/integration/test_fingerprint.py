@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dicomnode.receive.fingerprint import Fingerprinter
-from dicomnode.receive.storage import sha256_of
+from dicomnode.storage import sha256_of
 from dicomnode.store.db import Store
 from dicomnode.store.queries import instance_by_sop_uid
 from dicomnode.store.records import InstanceRecord, record_instance

@@ -21,8 +21,8 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type:
 
 from dicomnode.config import Settings
 from dicomnode.net import status
-from dicomnode.net.listener import IMPLEMENTATION_CLASS_UID
 from dicomnode.node import Node
+from dicomnode.storage import IMPLEMENTATION_CLASS_UID
 from dicomnode.testing.phantoms import make_phantom
 from tests.support import echo_ok, wait_until
 

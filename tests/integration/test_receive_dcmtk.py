@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 from dicomnode.config import Settings
 from dicomnode.node import Node
-from dicomnode.receive.storage import sha256_of
+from dicomnode.storage import sha256_of
 from dicomnode.store.queries import instance_by_sop_uid
 from dicomnode.testing.phantoms import make_phantom
 from tests.conftest import need_tool

@@ -19,7 +19,7 @@ from dicomnode.config import Settings
 from dicomnode.delivery.push import push_files
 from dicomnode.net import status
 from dicomnode.node import Node
-from dicomnode.receive.storage import sha256_of
+from dicomnode.storage import sha256_of
 from dicomnode.store.models import Event
 from dicomnode.store.queries import study_instances
 from dicomnode.testing.phantoms import make_phantom

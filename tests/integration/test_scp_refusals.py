@@ -88,7 +88,7 @@ def test_dataset_not_matching_its_context_gets_a900(bare_node: Node, tmp_path: P
 
 
 def test_valid_instance_is_stored_durably_and_recorded(bare_node: Node, tmp_path: Path) -> None:
-    from dicomnode.receive.storage import sha256_of
+    from dicomnode.storage import sha256_of
     from dicomnode.store.queries import study_instances
 
     ds = make_phantom(np.random.default_rng(3), True, size=128)

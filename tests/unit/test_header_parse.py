@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomnode.receive.handler import read_header, read_header_from
+from dicomnode.receive.header import read_header, read_header_from
 from dicomnode.testing.phantoms import make_phantom
 
 _UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")

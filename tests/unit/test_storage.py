@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.receive.storage import (
+from dicomnode.storage import (
     UnsafeUIDError,
     instance_path,
     move_atomic,

@@ -1,6 +1,5 @@
-"""Durable instance storage: the bytes the sender sent, written atomically, never decoded.
+"""Durable writes: the bytes the sender sent, written atomically, never decoded.
 
-Layout: ``<storage_dir>/instances/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 A write goes to a temporary file in the destination folder, is fsynced, renamed into place and
 the folder fsynced, so after a crash a file is either whole or absent; a leftover ``.tmp`` file is
 never a stored instance and :func:`sweep_partial_writes` removes them at start.
@@ -10,25 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-class UnsafeUIDError(ValueError):
-    """A UID that is not a valid DICOM UID would be unsafe as a path component."""
-
-
-def _component(uid: str, what: str) -> str:
-    uid = uid.strip().rstrip("\x00")
-    if not uid or len(uid) > 64 or not _UID_RE.match(uid):
-        raise UnsafeUIDError(f"{what} {uid[:70]!r} is not a valid DICOM UID (digits and dots, at most 64)")
-    return uid
 
 
 @dataclass(frozen=True)
@@ -38,16 +23,6 @@ class StoredFile:
     path: Path
     size_bytes: int
     sha256: str | None  # None when the bytes were not hashed on the way (see dicomnode.receive.fingerprint)
-
-
-def instance_path(root: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-    """The final path of an instance; raises :class:`UnsafeUIDError` for malformed UIDs."""
-    return (
-        root
-        / _component(study_uid, "StudyInstanceUID")
-        / _component(series_uid, "SeriesInstanceUID")
-        / (_component(sop_uid, "SOPInstanceUID") + ".dcm")
-    )
 
 
 def _make_dirs(path: Path, *, sync: bool) -> None:
@@ -154,32 +129,4 @@ def sweep_partial_writes(root: Path) -> int:
     return removed
 
 
-def sweep_incoming(incoming_dir: Path) -> int:
-    """Remove receive buffers of associations that never finished (call before the SCP listens)."""
-    if not incoming_dir.is_dir():
-        return 0
-    removed = 0
-    for p in incoming_dir.iterdir():
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def stored_files(root: Path) -> Iterator[Path]:
-    """Every stored instance file under ``root`` (``<study>/<series>/<sop>.dcm``), temp files excluded."""
-    if not root.is_dir():
-        return
-    for study in os.scandir(root):
-        if not study.is_dir(follow_symlinks=False):
-            continue
-        for series in os.scandir(study.path):
-            if not series.is_dir(follow_symlinks=False):
-                continue
-            for f in os.scandir(series.path):
-                if (
-                    f.name.endswith(".dcm")
-                    and not f.name.startswith(".")
-                    and f.is_file(follow_symlinks=False)
-                ):
-                    yield Path(f.path)
+__all__ = ["TMP_SUFFIX", "StoredFile", "move_atomic", "sha256_of", "sweep_partial_writes", "write_atomic"]

@@ -1,0 +1,74 @@
+"""The listener's TLS context (PS3.15 B.1, TLS 1.2 or later as BCP 195 asks).
+
+With a certificate the port speaks TLS only; with a CA as well, peers must present a certificate
+the CA signed.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("dicomnode.scp")
+
+
+class TLSSettings(Protocol):
+    """What the context is built from: :class:`dicomnode.config.Settings` has these fields."""
+
+    @property
+    def tls_cert(self) -> Path | None: ...
+    @property
+    def tls_key(self) -> Path | None: ...
+    @property
+    def tls_ca(self) -> Path | None: ...
+    @property
+    def acse_timeout_seconds(self) -> float: ...
+
+
+class _ServerTLSContext(ssl.SSLContext):
+    """A server context whose handshake gives up after ``handshake_timeout`` seconds.
+
+    Each :class:`dicomnode.net.association.Association` calls :meth:`wrap_socket` on its own
+    thread, first thing, on the blocking socket the accept loop handed it. Without a timeout a peer
+    that connects and then stays silent (or stalls mid-handshake) would hold that thread and its
+    socket for good, and none of the association's own timeouts apply before the handshake is done.
+    A failed handshake is logged here and the socket closed; the association then just ends."""
+
+    handshake_timeout: float = 30.0
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        sock.settimeout(self.handshake_timeout)
+        try:
+            tls = super().wrap_socket(sock, *args, **kwargs)
+        except (OSError, ValueError) as exc:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                peer = None
+            log.warning(
+                "tls.handshake_failed", peer=str(peer), error=type(exc).__name__, detail=str(exc)[:200]
+            )
+            sock.close()
+            raise
+        tls.settimeout(None)  # blocking again: the association sets its own timeouts next
+        return tls
+
+
+def server_tls_context(settings: TLSSettings) -> ssl.SSLContext | None:
+    """The TLS context of the SCP (TLS 1.2+, PS3.15 BCP 195), or None without a certificate."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ctx = _ServerTLSContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.handshake_timeout = settings.acse_timeout_seconds
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    if settings.tls_ca is not None:
+        ctx.load_verify_locations(cafile=str(settings.tls_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+__all__ = ["TLSSettings", "server_tls_context"]

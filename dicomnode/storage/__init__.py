@@ -1,0 +1,45 @@
+"""Durable instance storage: the receive file, the Part 10 file meta, the layout on disk, atomic writes.
+
+A leaf room: it imports nothing from :mod:`dicomnode.net` or :mod:`dicomnode.receive`, which
+both build on it.
+"""
+
+from __future__ import annotations
+
+from dicomnode.storage.durable import (
+    TMP_SUFFIX,
+    StoredFile,
+    move_atomic,
+    sha256_of,
+    sweep_partial_writes,
+    write_atomic,
+)
+from dicomnode.storage.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encode_file_meta
+from dicomnode.storage.incoming import (
+    HEAD_BYTES,
+    WRITEBACK_EVERY,
+    IncomingFile,
+    create_incoming_file,
+    sweep_incoming,
+)
+from dicomnode.storage.layout import UnsafeUIDError, instance_path, stored_files
+
+__all__ = [
+    "HEAD_BYTES",
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
+    "TMP_SUFFIX",
+    "WRITEBACK_EVERY",
+    "IncomingFile",
+    "StoredFile",
+    "UnsafeUIDError",
+    "create_incoming_file",
+    "encode_file_meta",
+    "instance_path",
+    "move_atomic",
+    "sha256_of",
+    "stored_files",
+    "sweep_incoming",
+    "sweep_partial_writes",
+    "write_atomic",
+]
