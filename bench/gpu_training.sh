@@ -148,7 +148,7 @@ from training import datasets
 from training.__main__ import build_parser, train_config_from_args
 from training.evaluate import roc_auc
 from training.export import DEFAULT_ATOL, verify_onnx
-from dicomnode.model.modelfile import predict_onnx, read_card
+from dicomnode.model import predict_onnx, read_card
 from training.train import load_checkpoint_model, split_data
 
 work, device = Path(sys.argv[1]), sys.argv[2]

@@ -36,9 +36,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, PROBABILITY_OUTPUT, ModelCard
-from dicomnode.model.modelfile import onnx_session, predict_onnx, read_card
-from dicomnode.model.preprocess import PreprocessConfig, preprocess
+from dicomnode.model import (
+    CAM_OUTPUT,
+    INPUT_NAME,
+    PROBABILITY_OUTPUT,
+    ModelCard,
+    PreprocessConfig,
+    onnx_session,
+    predict_onnx,
+    preprocess,
+    read_card,
+)
 from dicomnode.testing.phantoms import make_phantom, phantom_labels
 from training import datasets
 from training.demo import demo_train_config, ensure_demo_model

@@ -1,15 +1,16 @@
-"""dicomnode's training package: phantoms, data loaders, preprocessing, model, training, export.
+"""dicomnode's training package: data loaders, model, training, evaluation, export, quantisation.
 
-Importing this package (and :mod:`dicomnode.model.preprocess`, :mod:`dicomnode.testing.phantoms`) never imports
-torch: the node and the workers use the preprocessing without the ``train`` extra installed.
+It builds models to the contract in :mod:`dicomnode.model` (card, preprocessing, score histogram,
+reading an ONNX file), imports it from there and nothing else of the service but
+:mod:`dicomnode.testing.phantoms` (synthetic DX/CR studies) and :mod:`dicomnode.results.font` (the
+plots' text). The service never imports this package, except ``dicomnode train`` and ``dicomnode
+demo`` in :mod:`dicomnode.cli`, which call into it.
 
-Torch-free: :mod:`~dicomnode.model.card` (model card), :mod:`~dicomnode.model.preprocess` (the one
-preprocessing), :mod:`~dicomnode.testing.phantoms` (synthetic DX/CR studies), :mod:`~training.datasets`
-(folder/RSNA loaders, patient split), :mod:`~training.evaluate` (metrics, calibration, bootstrap
-intervals, the drift baseline histogram), :mod:`~dicomnode.model.modelfile` (read a card from an ONNX
-file, score it with onnxruntime), :mod:`~training.plots` (PNG charts in numpy),
-:mod:`~training.report` (the training report), :mod:`~training.quantize` (INT8 with onnxruntime;
-needs onnx), :mod:`~training.demo` (torch only when it has to train). Need torch:
-:mod:`~training.model`, :mod:`~training.train`, :mod:`~training.export`. Command line:
-``python -m training --help`` (``dicomnode train`` forwards to it).
+Importing this package never imports torch. Torch-free: :mod:`~training.datasets` (folder/RSNA
+loaders, patient split), :mod:`~training.evaluate` (metrics, calibration, bootstrap intervals),
+:mod:`~training.plots` (PNG charts in numpy), :mod:`~training.report` (the training report),
+:mod:`~training.quantize` (INT8 with onnxruntime; needs onnx), :mod:`~training.demo` (torch only
+when it has to train). Need torch: :mod:`~training.model`, :mod:`~training.train`,
+:mod:`~training.export`. Command line: ``python -m training --help`` (``dicomnode train`` forwards
+to it).
 """

@@ -150,7 +150,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that ``python -m training train ARGS`` runs (imports torch)."""
-    from dicomnode.model.preprocess import PreprocessConfig
+    from dicomnode.model import PreprocessConfig
     from training.model import ModelConfig
     from training.train import TrainConfig
 
@@ -221,8 +221,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from dicomnode.model.modelfile import read_card
-    from dicomnode.model.preprocess import PreprocessConfig
+    from dicomnode.model import PreprocessConfig, read_card
     from training.datasets import load_arrays, split_source
     from training.quantize import QUANTIZATION_KEY, quantize_int8
 
@@ -282,7 +281,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_card(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from dicomnode.model.modelfile import read_card
+    from dicomnode.model import read_card
 
     print(json.dumps(asdict(read_card(args.model)), indent=2, sort_keys=True))
     return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from dicomnode.model.preprocess import PreprocessConfig, preprocess
+from dicomnode.model import PreprocessConfig, preprocess
 from dicomnode.testing.phantoms import PhantomStudy, make_phantom, phantom_labels, phantom_patient_id
 
 RSNA_IMAGES = "stage_2_train_images"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dicomnode.model.preprocess import PreprocessConfig
+from dicomnode.model import PreprocessConfig
 
 if TYPE_CHECKING:
     from training.train import TrainConfig

@@ -5,7 +5,7 @@ and two outputs, :data:`~dicomnode.model.card.PROBABILITY_OUTPUT` ``[N]`` and
 :data:`~dicomnode.model.card.CAM_OUTPUT` ``[N, h, w]``; ``card.to_json()`` is stored under
 :data:`~dicomnode.model.card.METADATA_KEY` in the model's ``metadata_props``. The export is checked with
 onnxruntime against torch before it replaces ``path`` (written atomically), so a file at ``path``
-is always a verified model. Read the card back without torch: :func:`dicomnode.model.modelfile.read_card`.
+is always a verified model. Read the card back without torch: :func:`dicomnode.model.read_card`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 
-from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard
+from dicomnode.model import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard
 from training.model import ResNetCAM
 
 #: ONNX opset of exported models (onnxruntime >= 1.18 runs it)

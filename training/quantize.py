@@ -35,9 +35,7 @@ import numpy as np
 import onnx
 from pydicom.uid import generate_uid
 
-from dicomnode.model.card import INPUT_NAME, METADATA_KEY, ModelCard
-from dicomnode.model.histogram import score_histogram
-from dicomnode.model.modelfile import predict_onnx, read_card
+from dicomnode.model import INPUT_NAME, METADATA_KEY, ModelCard, predict_onnx, read_card, score_histogram
 from training.evaluate import evaluate_scores, roc_auc, round_metrics
 
 #: quantisation formats: QDQ (QuantizeLinear/DequantizeLinear pairs around float ops, which

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dicomnode.model.card import ModelCard
+from dicomnode.model import ModelCard
 from training.evaluate import calibration_bins, expected_calibration_error, precision_recall_curve, roc_curve
 from training.plots import GREY, PALETTE, Chart, Series
 

@@ -35,9 +35,7 @@ import torch
 import torch.nn.functional as F
 from pydicom.uid import generate_uid
 
-from dicomnode.model.card import ModelCard
-from dicomnode.model.histogram import score_histogram
-from dicomnode.model.preprocess import PreprocessConfig
+from dicomnode.model import ModelCard, PreprocessConfig, score_histogram
 from training import datasets
 from training.evaluate import evaluate_scores, round_metrics
 from training.model import ModelConfig, ResNetCAM, build_model

@@ -52,3 +52,6 @@ class ModelCard:
             )
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+__all__ = ["CAM_OUTPUT", "INPUT_NAME", "METADATA_KEY", "PROBABILITY_OUTPUT", "ModelCard"]

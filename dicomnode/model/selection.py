@@ -44,6 +44,7 @@ class Decision:
     reason: str
 
     def as_dict(self) -> dict[str, object]:
+        """The decision as recorded with the analysis."""
         return {"sop_instance_uid": self.sop_instance_uid, "selected": self.selected, "reason": self.reason}
 
 
@@ -68,3 +69,6 @@ def select(ds: Dataset, rules: SelectionRules) -> Decision:
     if "PixelData" not in ds:
         return Decision(uid, False, "no pixel data")
     return Decision(uid, True, "frontal chest radiograph")
+
+
+__all__ = ["PROJECTION_SOP_CLASSES", "Decision", "SelectionRules", "select"]

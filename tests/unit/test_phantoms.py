@@ -112,6 +112,7 @@ def test_bad_arguments_say_what_to_use() -> None:
         make_phantom(np.random.default_rng(0), True, view="XX")
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 @pytest.mark.parametrize("modality", ["DX", "CR"])
 def test_phantom_passes_dciodvfy_without_errors(tmp_path: Path, modality: str) -> None:
@@ -149,6 +150,7 @@ def test_write_phantom_studies_is_deterministic_per_seed(tmp_path: Path) -> None
     assert not {s.study_uid for s in a} & {s.study_uid for s in c}
 
 
+@pytest.mark.slow
 def test_mean_intensity_does_not_give_the_class_away() -> None:
     config = PreprocessConfig(size=64)
     labels = phantom_labels(80, seed=21)

@@ -11,11 +11,17 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, PROBABILITY_OUTPUT  # noqa: E402
-from dicomnode.model.histogram import SCORE_BIN_EDGES  # noqa: E402
-from dicomnode.model.inference import PneumoniaModel  # noqa: E402
-from dicomnode.model.modelfile import onnx_session, read_card  # noqa: E402
-from dicomnode.model.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from dicomnode.model import (  # noqa: E402
+    CAM_OUTPUT,
+    INPUT_NAME,
+    PROBABILITY_OUTPUT,
+    SCORE_BIN_EDGES,
+    PneumoniaModel,
+    PreprocessConfig,
+    onnx_session,
+    preprocess,
+    read_card,
+)
 from dicomnode.testing.phantoms import make_phantom  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the session's demo model (tests/conftest.py trains it once)

@@ -1,4 +1,5 @@
-"""The service side of the training package works without torch; the CLI writes phantoms."""
+"""The model contract and training's torch-free modules import without torch; the CLI writes
+phantoms. (Which package may import which: tests/unit/test_layout.py.)"""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from training.__main__ import main
 
 REPO = Path(__file__).resolve().parents[2]
 
 TORCH_FREE = (
-    "training",
-    "dicomnode.model.card",
-    "dicomnode.model.preprocess",
+    "dicomnode.model",
     "dicomnode.testing.phantoms",
+    "training",
+    "training.__main__",
     "training.datasets",
     "training.evaluate",
-    "dicomnode.model.modelfile",
     "training.demo",
     "training.plots",
     "training.report",
@@ -37,13 +38,27 @@ def _run_without_torch(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_service_modules_import_without_torch() -> None:
+@pytest.mark.slow  # a subprocess importing onnx and onnxruntime.quantization
+@pytest.mark.process
+def test_contract_and_torch_free_training_modules_import_without_torch() -> None:
     imports = "; ".join(f"import {m}" for m in TORCH_FREE)
     out = _run_without_torch(f"{imports}\nprint('ok')")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
 
+@pytest.mark.process
+def test_config_and_the_model_contract_import_neither_onnxruntime_nor_training() -> None:
+    # every command loads dicomnode.config; onnxruntime loads only when a model is opened
+    heavy = ("onnxruntime", "onnx", "structlog", "training")
+    out = _run_without_torch(
+        f"import dicomnode.config, dicomnode.model\nprint([m for m in {heavy!r} if m in sys.modules])"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.process
 def test_demo_model_without_torch_says_how_to_install_it(tmp_path: Path) -> None:
     code = (
         "from pathlib import Path\nfrom training.demo import ensure_demo_model\n"

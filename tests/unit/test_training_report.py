@@ -60,6 +60,7 @@ def test_nice_ticks_are_round_and_cover_the_range() -> None:
     assert all(float(t).is_integer() for t in nice_ticks(0.5, 2.5, integer=True))
 
 
+@pytest.mark.slow
 def test_report_writes_markdown_html_and_valid_pngs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200).astype(bool)

@@ -4,7 +4,10 @@ model trains to a clearly separating classifier on phantoms."""
 from __future__ import annotations
 
 import shlex
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,47 +15,43 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from dicomnode.model.card import CAM_OUTPUT, INPUT_NAME, PROBABILITY_OUTPUT  # noqa: E402
-from dicomnode.model.modelfile import read_card  # noqa: E402
-from dicomnode.model.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from dicomnode.model import (  # noqa: E402
+    CAM_OUTPUT,
+    INPUT_NAME,
+    PROBABILITY_OUTPUT,
+    PreprocessConfig,
+    preprocess,
+    read_card,
+)
 from dicomnode.testing.phantoms import make_phantom, phantom_labels  # noqa: E402
 from training.__main__ import build_parser, train_config_from_args  # noqa: E402
 from training.demo import DEMO_NAME, ensure_demo_model  # noqa: E402
 from training.evaluate import roc_auc  # noqa: E402
-from training.model import ModelConfig  # noqa: E402
-from training.train import TrainConfig, augment_batch, load_checkpoint_model, train  # noqa: E402
+from training.train import CHECKPOINT_NAME, TrainConfig, augment_batch, load_checkpoint_model, train  # noqa: E402
 
+if TYPE_CHECKING:
+    from tests.unit.conftest import TrainedRun
 
-def _tiny(out_dir: Path, **kw: object) -> TrainConfig:
-    base: dict[str, object] = dict(
-        n_phantoms=48,
-        phantom_size=64,
-        preprocess=PreprocessConfig(size=32),
-        model=ModelConfig(depth=18, width=8),
-        epochs=2,
-        batch_size=8,
-        seed=3,
-        threads=1,
-        out_dir=out_dir,
-    )
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+TinyConfig = Callable[..., TrainConfig]
 
 
 def _quiet(event: str, **fields: object) -> None:
     pass
 
 
-def test_training_is_deterministic_and_resumes_where_it_stopped(tmp_path: Path) -> None:
-    full = train(_tiny(tmp_path / "full"), log=_quiet)
+@pytest.mark.slow
+def test_training_is_deterministic_and_resumes_where_it_stopped(
+    trained_run: TrainedRun, tiny_train_config: TinyConfig, tmp_path: Path
+) -> None:
+    full = trained_run.result  # the shared run has this test's config; it trained without a stop
     # the same run, stopped by the time limit after its first epoch, then resumed
-    first = train(_tiny(tmp_path / "split", max_train_seconds=0.0), log=_quiet)
+    first = train(tiny_train_config(tmp_path / "split", max_train_seconds=0.0), log=_quiet)
     assert first.epochs_run == 1
-    resumed = train(_tiny(tmp_path / "split", resume=True), log=_quiet)
+    resumed = train(tiny_train_config(tmp_path / "split", resume=True), log=_quiet)
     assert resumed.epochs_run == 2
 
-    a = load_checkpoint_model(tmp_path / "full" / "checkpoint.pt", best=False).state_dict()
-    b = load_checkpoint_model(tmp_path / "split" / "checkpoint.pt", best=False).state_dict()
+    a = load_checkpoint_model(trained_run.checkpoint, best=False).state_dict()
+    b = load_checkpoint_model(tmp_path / "split" / CHECKPOINT_NAME, best=False).state_dict()
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -61,19 +60,22 @@ def test_training_is_deterministic_and_resumes_where_it_stopped(tmp_path: Path) 
     assert 0.0 <= full.threshold <= 1.0
     assert full.n_train + full.n_val == 48
     card = full.card(name="t", version="1")
-    assert card.preprocess == PreprocessConfig(size=32).to_dict()
+    assert card.preprocess == trained_run.config.preprocess.to_dict()
     assert card.architecture == "resnet18-w8" and card.data_fingerprint == full.data_fingerprint
     assert card.metrics["val"]["auroc"] == pytest.approx(full.val_auroc, abs=1e-6)
 
 
-def test_resume_refuses_a_checkpoint_from_other_data(tmp_path: Path) -> None:
-    train(_tiny(tmp_path, epochs=1), log=_quiet)
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_from_other_data(
+    trained_run: TrainedRun, tiny_train_config: TinyConfig, tmp_path: Path
+) -> None:
+    shutil.copy(trained_run.checkpoint, tmp_path / CHECKPOINT_NAME)  # the shared run stays as it is
     with pytest.raises(ValueError, match="other data"):
-        train(_tiny(tmp_path, epochs=1, seed=4, resume=True), log=_quiet)
+        train(tiny_train_config(tmp_path, seed=4, resume=True), log=_quiet)
 
 
-def test_printed_command_rebuilds_the_same_config(tmp_path: Path) -> None:
-    config = _tiny(tmp_path, lr=0.002, augment=False, workers=2, max_train_seconds=30.0)
+def test_printed_command_rebuilds_the_same_config(tiny_train_config: TinyConfig, tmp_path: Path) -> None:
+    config = tiny_train_config(tmp_path, lr=0.002, augment=False, workers=2, max_train_seconds=30.0)
     argv = shlex.split(config.command())
     assert argv[:4] == ["python", "-m", "training", "train"]
     assert train_config_from_args(build_parser().parse_args(argv[3:])) == config
