@@ -3,7 +3,8 @@
 With no broker configured the study runs on an in-process executor; with ``DICOMNODE_BROKER_URL``
 it becomes a Celery task on the queue. Both run :meth:`worker.pipeline.Pipeline.analyse_study`.
 The node is handed :func:`make_runner` (a :data:`dicomnode.node.RunnerFactory`) by whoever
-starts it: ``dicomnode serve``, the demo, the tests.
+starts it: ``dicomnode serve``, the demo, the tests. How many delivery attempts a round makes and
+when the next is due is :mod:`dicomnode.delivery.retry`'s; the embedded runner only keeps the timer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 
 from dicomnode.config import Settings
+from dicomnode.delivery import retry_delivery
 from dicomnode.node import TaskRunner
 from dicomnode.store.db import Store
 
@@ -35,7 +37,7 @@ class InProcessRunner:
 
     def _pipeline_instance(self) -> Any:
         if self._pipeline is None:
-            from dicomnode.model.inference import PneumoniaModel
+            from dicomnode.model import PneumoniaModel
             from worker.pipeline import Pipeline
 
             self._pipeline = Pipeline(
@@ -45,7 +47,8 @@ class InProcessRunner:
 
     def retry_delivery(self, study_uid: str, analysis_id: int, delay: float = 0.0) -> None:
         """A delivery round for ``analysis_id`` on the analysis thread after ``delay`` seconds (a
-        timer meanwhile, so the thread analyses other studies while a PACS is down)."""
+        timer meanwhile, so the thread analyses other studies while a PACS is down): the
+        :data:`dicomnode.delivery.Defer` of the embedded mode."""
 
         def due() -> None:
             try:
@@ -63,8 +66,6 @@ class InProcessRunner:
         self.retry_delivery(study_uid, analysis_id)
 
     def _deliver(self, study_uid: str, analysis_id: int) -> Any:
-        from worker.pipeline import retry_delivery
-
         try:
             return retry_delivery(self.settings, self.store, study_uid, analysis_id, self.retry_delivery)
         except Exception:

@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from dicomnode.config import load_settings
+from dicomnode.delivery import retry_delivery
 from worker.app import app
-from worker.pipeline import Pipeline, execution_label, retry_delivery
+from worker.pipeline import Pipeline, execution_label
 
 _pipeline: Pipeline | None = None
 _lock = threading.Lock()
@@ -31,7 +32,8 @@ def get_pipeline() -> Pipeline:
 
 def _schedule_delivery(study_uid: str, analysis_id: int, delay: float) -> None:
     """The next delivery round as a task with a countdown on the same queue: the worker is free
-    for other studies meanwhile, and the round survives a worker restart (acks_late)."""
+    for other studies meanwhile, and the round survives a worker restart (acks_late). The
+    :data:`dicomnode.delivery.Defer` of the Celery mode."""
     queue = get_pipeline().settings.queue
     deliver_results_again.apply_async(args=[study_uid, analysis_id], countdown=delay, queue=queue)
 
@@ -71,7 +73,7 @@ def analyse_study(study_uid: str, queued_at: str | None = None) -> dict[str, Any
 
 @app.task(name="dicomnode.deliver_results", **_DURABLE_TASK)
 def deliver_results_again(study_uid: str, analysis_id: int) -> dict[str, Any]:
-    """One scheduled delivery round (see :func:`worker.pipeline.deliver_results`)."""
+    """One scheduled delivery round (see :func:`dicomnode.delivery.retry_delivery`)."""
     p = get_pipeline()
     state = retry_delivery(p.settings, p.store, study_uid, analysis_id, p.defer)
     return {"study_uid": study_uid, "state": state.value if state is not None else "superseded"}

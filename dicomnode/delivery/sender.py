@@ -1,12 +1,11 @@
-"""Result delivery: C-STORE SCU to each destination, with retries and exponential backoff.
+"""One delivery attempt: the result objects to one destination over one C-STORE association.
 
-Every attempt is reported to ``on_attempt`` (the pipeline records it in SQL). A destination that
-stays down past the retry budget leaves the delivery marked failed, never silently dropped.
+Reports one :class:`AttemptResult` per object and never raises for a peer that is down, refuses or
+aborts. Retries and their waits are :mod:`dicomnode.delivery.retry`'s.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -112,59 +111,4 @@ def send_once(
     return out
 
 
-def backoff_after(attempt: int, backoff_seconds: float, backoff_max_seconds: float) -> float:
-    """The wait after failed attempt number ``attempt`` (1-based): doubling, capped."""
-    return float(min(backoff_seconds * 2 ** (attempt - 1), backoff_max_seconds))
-
-
-def deliver(
-    datasets: Sequence[Dataset],
-    dest: Destination,
-    *,
-    calling_ae: str,
-    attempts: int,
-    backoff_seconds: float,
-    backoff_max_seconds: float = 60.0,
-    on_attempt: Callable[[AttemptResult], None] = lambda r: None,
-    fallback: Fallback | None = None,
-    extra_sop_classes: Sequence[str] = (),
-    sleep: Callable[[float], None] = time.sleep,
-    first_attempt: int = 1,
-    last_attempt: int | None = None,
-) -> bool:
-    """Deliver every dataset to ``dest``; retry the ones that failed with exponential backoff.
-
-    Makes attempts ``first_attempt`` .. ``first_attempt + attempts - 1`` of a budget that ends at
-    ``last_attempt`` (default: the last of these). Returns True when all were stored, False when
-    these attempts ran out.
-    """
-    pending = list(datasets)
-    stop = first_attempt + attempts - 1
-    budget_end = stop if last_attempt is None else last_attempt
-    for n in range(first_attempt, stop + 1):
-        results = send_once(
-            pending,
-            dest,
-            calling_ae=calling_ae,
-            attempt=n,
-            fallback=fallback,
-            extra_sop_classes=extra_sop_classes,
-        )
-        for r in results:
-            on_attempt(r)
-        failed = {r.sop_instance_uid for r in results if not r.success}
-        pending = [ds for ds in pending if str(ds.SOPInstanceUID) in failed]
-        if not pending:
-            log.info("delivery.ok", destination=str(dest), objects=len(datasets), attempts=n)
-            return True
-        errors = sorted({r.error or "" for r in results if not r.success})
-        log.warning(
-            "delivery.retry" if n < budget_end else "delivery.failed",
-            destination=str(dest),
-            attempt=n,
-            of=budget_end,
-            errors=errors,
-        )
-        if n < stop:
-            sleep(backoff_after(n, backoff_seconds, backoff_max_seconds))
-    return False
+__all__ = ["STORED_STATUSES", "AttemptResult", "Fallback", "send_once"]

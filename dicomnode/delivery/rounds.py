@@ -1,0 +1,182 @@
+"""Delivery rounds of a study's results, with their SQL bookkeeping.
+
+A round sends the results to every destination that does not have them yet, records each attempt,
+moves the study to the state :mod:`dicomnode.delivery.retry` decides and, while attempts are left,
+has the next round scheduled. The analysing worker runs the first round
+(:func:`deliver_results`), a scheduler the later ones (:func:`retry_delivery`), and an operator
+a fresh budget (:func:`resend`, ``dicomnode resend``); the last two read the stored result files
+back (:func:`read_results`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydicom
+import structlog
+from pydicom import Dataset
+from pydicom.uid import EnhancedSRStorage
+
+from dicomnode.config import Settings
+from dicomnode.delivery.retry import Defer, RetryPolicy, deliver, end_state
+from dicomnode.delivery.sender import AttemptResult, Fallback
+from dicomnode.store.db import Store
+from dicomnode.store.models import DELIVERY_RETRY_REASON, StudyState, utcnow
+from dicomnode.store.queries import attempts_made, delivered_objects, latest_analysis, study_state
+from dicomnode.store.records import record_delivery_attempt, set_study_state, update_analysis
+
+# The pipeline's logger name: these events were always logged under it and log queries select on it.
+log = structlog.get_logger("worker.pipeline")
+
+
+def result_file(settings: Settings, study_uid: str, sop_instance_uid: str) -> Path:
+    """Where a result object of the study is stored (written by the pipeline, read by a re-send)."""
+    return settings.results_dir / study_uid / f"{sop_instance_uid}.dcm"
+
+
+def deliver_results(
+    settings: Settings,
+    store: Store,
+    study_uid: str,
+    analysis_id: int,
+    datasets: Sequence[Dataset],
+    *,
+    fallback: Fallback | None = None,
+    finishing: bool = True,
+    defer: Defer | None = None,
+    continuing: bool = False,
+) -> StudyState:
+    """C-STORE ``datasets`` to every destination with retries, record each attempt, set the state.
+
+    Without ``defer`` every attempt of the budget (``DICOMNODE_DELIVERY_ATTEMPTS``) is made here,
+    sleeping between them. With it, only the first
+    :data:`~dicomnode.delivery.retry.INLINE_ATTEMPTS` (or, ``continuing`` a scheduled round, one
+    more attempt) are made here; if attempts are left, the study stays ANALYSED with the next retry
+    in its reason and ``defer`` schedules the next round after the usual backoff. ``finishing``
+    stamps the analysis finished (first delivery); a re-send leaves that stamp alone.
+    """
+
+    def record(r: AttemptResult) -> None:
+        record_delivery_attempt(
+            store,
+            analysis_id,
+            destination=r.destination,
+            sop_instance_uid=r.sop_instance_uid,
+            attempt=r.attempt,
+            success=r.success,
+            status=r.status,
+            error=r.error,
+        )
+
+    policy = RetryPolicy.from_settings(settings)
+    made = attempts_made(store, analysis_id) if continuing else {}
+    # A re-delivered task (its worker died after sending) must not send a second copy.
+    done = delivered_objects(store, study_uid)
+    all_ok = True
+    next_round: float | None = None
+    for dest in settings.destinations:
+        todo = [ds for ds in datasets if (str(dest), str(ds.SOPInstanceUID)) not in done]
+        if not todo:
+            log.info("delivery.already_done", study_uid=study_uid, destination=str(dest))
+            continue
+        first = made.get(str(dest), 0) + 1
+        now_attempts = policy.attempts_now(first, scheduled=defer is not None, continuing=continuing)
+        if now_attempts == 0:  # this destination's budget is spent
+            all_ok = False
+            continue
+        ok = deliver(
+            todo,
+            dest,
+            calling_ae=settings.ae_title,
+            attempts=now_attempts,
+            backoff_seconds=policy.backoff_seconds,
+            backoff_max_seconds=policy.backoff_max_seconds,
+            on_attempt=record,
+            fallback=fallback,
+            extra_sop_classes=[str(EnhancedSRStorage)],
+            first_attempt=first,
+            last_attempt=policy.budget,
+        )
+        all_ok = all_ok and ok
+        wait = None if ok else policy.next_round_in(first + now_attempts - 1)
+        if wait is not None:
+            next_round = wait if next_round is None else min(next_round, wait)
+    now = utcnow()
+    if finishing:
+        update_analysis(store, analysis_id, finished_at=now)
+    has_destinations = bool(settings.destinations)
+    if not all_ok and next_round is not None and defer is not None:
+        # attempts are left: this worker moves on to the next study; a scheduled round goes on
+        state = end_state(has_destinations=has_destinations, all_delivered=False, round_scheduled=True)
+        set_study_state(
+            store,
+            study_uid,
+            state,
+            f"{DELIVERY_RETRY_REASON} in {next_round:g} s (budget {policy.budget} attempts)",
+            only_from=(StudyState.ANALYSING, StudyState.ANALYSED),
+        )
+        log.info("delivery.scheduled", study_uid=study_uid, in_seconds=next_round)
+        defer(study_uid, analysis_id, next_round)
+        return state
+    state = end_state(has_destinations=has_destinations, all_delivered=all_ok, round_scheduled=False)
+    if state is StudyState.DELIVERED:
+        update_analysis(store, analysis_id, delivered_at=now)
+    reason = None
+    if state is StudyState.DELIVERY_FAILED:
+        reason = f"retry budget exhausted; re-send with `dicomnode resend {study_uid}`"
+    set_study_state(
+        store,
+        study_uid,
+        state,
+        reason,
+        only_from=(
+            StudyState.ANALYSING,
+            StudyState.DELIVERY_FAILED,
+            StudyState.DELIVERED,
+            StudyState.ANALYSED,
+        ),
+    )
+    return state
+
+
+def retry_delivery(
+    settings: Settings, store: Store, study_uid: str, analysis_id: int, defer: Defer | None
+) -> StudyState | None:
+    """One scheduled delivery round for an analysis; None when a newer analysis replaced it."""
+    a = latest_analysis(store, study_uid)
+    if a is None or a.id != analysis_id:
+        log.info("delivery.superseded", study_uid=study_uid, analysis_id=analysis_id)
+        return None
+    if study_state(store, study_uid) is not StudyState.ANALYSED:  # re-sent by hand, or re-opened
+        return study_state(store, study_uid)
+    datasets = read_results(settings, study_uid, a.sr_sop_instance_uid, a.sc_sop_instance_uid)
+    return deliver_results(
+        settings, store, study_uid, a.id, datasets, finishing=False, defer=defer, continuing=True
+    )
+
+
+def read_results(settings: Settings, study_uid: str, *uids: str | None) -> list[Dataset]:
+    """The study's stored result objects with these SOP Instance UIDs, read back from disk."""
+    if not all(uids):
+        raise LookupError(f"study {study_uid} has no results to send: `dicomnode results` lists what exists")
+    datasets: list[Dataset] = []
+    for uid in uids:
+        path = result_file(settings, study_uid, str(uid))
+        if not path.is_file():
+            raise FileNotFoundError(f"result file {path} is missing: re-run the analysis instead")
+        datasets.append(pydicom.dcmread(path))
+    return datasets
+
+
+def resend(settings: Settings, store: Store, study_uid: str) -> StudyState:
+    """Deliver a study's latest results again (after a destination was down past the retries)."""
+    a = latest_analysis(store, study_uid)
+    if a is None:
+        raise LookupError(f"study {study_uid} has no results to send: `dicomnode results` lists what exists")
+    datasets = read_results(settings, study_uid, a.sr_sop_instance_uid, a.sc_sop_instance_uid)
+    log.info("study.resend", study_uid=study_uid, analysis_id=a.id)
+    return deliver_results(settings, store, study_uid, a.id, datasets, finishing=False)
+
+
+__all__ = ["deliver_results", "read_results", "resend", "result_file", "retry_delivery"]
