@@ -7,7 +7,8 @@ Fills a fresh database with N synthetic studies spread over the last year (one i
 analysis -- two for every 50th study --, two result deliveries, three events each; 1% delivery
 failures with retries; two model versions; radiologist reads for 5%), schema at revision 0001,
 then times the upgrade to head (the 0002 indexes built over the full tables), then runs each
-question of ``dicomnode audit``, ``dicomnode monitor`` and a ``/metrics`` scrape three times and
+question of ``dicomnode audit``, ``dicomnode monitor``, ``dicomnode results``, the worklist from
+SQL and a ``/metrics`` scrape three times and
 prints rows returned, the first run and the best of three in milliseconds. Bulk insert:
 ``executemany`` on SQLite, ``COPY`` on PostgreSQL. ``--db FILE`` (or ``--db postgresql+psycopg://...``
 naming an empty database) keeps the filled database and re-uses it on the next run.
@@ -32,10 +33,11 @@ from sqlalchemy import create_engine, text
 
 from dicomnode.config import Settings
 from dicomnode.logconfig import configure_logging
-from dicomnode.ops import audit
-from dicomnode.ops import drift as monitoring
+from dicomnode.ops import audit, drift, performance
 from dicomnode.ops.metrics import SqlCollector
+from dicomnode.ops.worklist import entries_from_store
 from dicomnode.store.db import Store, migrate
+from dicomnode.store.queries import result_rows
 
 CHUNK = 50_000
 AES = ("CR_ER1", "CR_ER2", "DX_WARD", "DX_ICU", "PORTABLE1")
@@ -310,10 +312,12 @@ def queries(store: Store, n: int) -> list[tuple[str, Callable[[], int]]]:
         ("deliveries: failed, newest 100", lambda: count(audit.deliveries(store, f()))),
         ("events: one study's timeline", lambda: count(audit.events(store, f(study_uid=one_uid)))),
         ("events: kind study.delivery_failed, 7 d", lambda: count(audit.events(store, f(since=week), kind="study.delivery_failed", limit=None))),
-        ("monitor: drift (PSI per day), last 30 d", lambda: count(monitoring.drift(store, {}, month, None)[1])),
-        ("monitor: drift, all time", lambda: count(monitoring.drift(store, {}, None, None)[1])),
-        ("monitor: performance vs reads, all time", lambda: count(monitoring.performance(store))),
-        ("monitor: performance vs reads, last 30 d", lambda: count(monitoring.performance(store, month))),
+        ("monitor: drift (PSI per day), last 30 d", lambda: count(drift.drift(store, {}, month, None)[1])),
+        ("monitor: drift, all time", lambda: count(drift.drift(store, {}, None, None)[1])),
+        ("monitor: performance vs reads, all time", lambda: count(performance.performance(store))),
+        ("monitor: performance vs reads, last 30 d", lambda: count(performance.performance(store, month))),
+        ("results: newest 50 (dicomnode results)", lambda: count(result_rows(store, limit=50))),
+        ("worklist from SQL (open studies)", lambda: count(entries_from_store(store))),
         ("/metrics scrape", scrape),
     ]  # fmt: skip
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args, get_type_hints
 
-from dicomnode.model.selection import SelectionRules
+if TYPE_CHECKING:  # imported when used: `dicomnode --help` need not load pydicom and numpy
+    from dicomnode.model.selection import SelectionRules
 
 ENV_PREFIX = "DICOMNODE_"
 
@@ -96,6 +97,8 @@ class Settings:
     @property
     def selection_rules(self) -> SelectionRules:
         """The series selection rules in force."""
+        from dicomnode.model.selection import SelectionRules
+
         return SelectionRules(self.select_modalities, self.select_body_parts, self.select_views)
 
     @property
@@ -153,37 +156,6 @@ def parse_destinations(
     return tuple(out)
 
 
-_CASTS: dict[str, Any] = {
-    "ae_title": str,
-    "host": str,
-    "port": int,
-    "storage_dir": Path,
-    "database_url": str,
-    "broker_url": str,
-    "queue": str,
-    "quiet_seconds": float,
-    "task_time_limit": float,
-    "visibility_timeout": float,
-    "model": Path,
-    "delivery_attempts": int,
-    "delivery_backoff_seconds": float,
-    "delivery_backoff_max_seconds": float,
-    "log_format": str,
-    "log_level": str,
-    "metrics_port": int,
-    "metrics_window_seconds": float,
-    "tls_cert": Path,
-    "tls_key": Path,
-    "tls_ca": Path,
-    "max_associations": int,
-    "acse_timeout_seconds": float,
-    "dimse_timeout_seconds": float,
-    "network_timeout_seconds": float,
-    "max_pdu_bytes": int,
-    "duplicate_policy": lambda v: str(v).strip().lower(),
-    "shutdown_grace_seconds": float,
-}
-
 DUPLICATE_POLICIES = ("overwrite", "ignore")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -222,24 +194,52 @@ def _parse_list(value: str | list[str]) -> tuple[str, ...]:
     )
 
 
-_LIST_FIELDS = {"select_modalities", "select_body_parts", "select_views"}
+def _typed(kind: type) -> Callable[[str, Any], Any]:
+    """A parser that converts with ``kind`` (str, int, float, Path) and names the key on failure."""
+    name = {int: "an integer", float: "a number"}.get(kind, "a string")
+
+    def parse(key: str, value: Any) -> Any:
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} is not {name}") from None
+
+    return parse
+
+
+#: settings whose values need more than their type says (the others are parsed by type)
+_BY_NAME: dict[str, Callable[[str, Any], Any]] = {
+    "allowed_calling_aes": lambda key, v: parse_ae_list(v, key),  # AE titles: case kept, checked
+    "duplicate_policy": lambda key, v: str(v).strip().lower(),
+}
+_BY_TYPE: dict[Any, Callable[[str, Any], Any]] = {
+    bool: _parse_bool,
+    tuple[str, ...]: lambda key, v: _parse_list(v),  # codes: upper-cased, "-" for empty
+    tuple[Destination, ...]: lambda key, v: parse_destinations(v, key),
+    **{kind: _typed(kind) for kind in (str, int, float, Path)},
+}
+
+
+def _parsers() -> dict[str, Callable[[str, Any], Any]]:
+    """(key, value) -> value parser of every setting a file or the environment may set, in field
+    order, from the field types (``X | None`` parses as ``X``; ``extra`` has none)."""
+    hints = get_type_hints(Settings)
+    out = {}
+    for f in fields(Settings):
+        hint = hints[f.name]
+        if type(None) in get_args(hint):
+            (hint,) = (a for a in get_args(hint) if a is not type(None))
+        parse = _BY_NAME.get(f.name) or _BY_TYPE.get(hint)
+        if parse is not None:
+            out[f.name] = parse
+    return out
+
+
+_PARSERS = _parsers()
 
 
 def _cast(key: str, name: str, value: Any) -> Any:
-    if name == "destinations":
-        return parse_destinations(value, key)
-    if name == "allowed_calling_aes":
-        return parse_ae_list(value, key)
-    if name == "fsync":
-        return _parse_bool(key, value)
-    if name in _LIST_FIELDS:
-        return _parse_list(value)
-    caster = _CASTS[name]
-    try:
-        return caster(value)
-    except (TypeError, ValueError):
-        kind = {int: "an integer", float: "a number"}.get(caster, "a string")
-        raise ConfigError(f"{key}={value!r} is not {kind}") from None
+    return _PARSERS[name](key, value)
 
 
 def _validate(s: Settings) -> Settings:
@@ -309,9 +309,6 @@ def _validate_receiving(s: Settings) -> None:
         )
 
 
-_FIELDS = set(_CASTS) | {"destinations", "allowed_calling_aes", "fsync"} | _LIST_FIELDS
-
-
 def load_settings(config_file: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file, then ``DICOMNODE_*`` variables; raises :class:`ConfigError`."""
     env = os.environ if env is None else env
@@ -327,10 +324,10 @@ def load_settings(config_file: str | Path | None = None, env: Mapping[str, str] 
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
         section = data.get("dicomnode", data)
         for name, value in section.items():
-            if name not in _FIELDS:
-                raise ConfigError(f"config file {str(p)!r}: unknown key {name!r}; known: {sorted(_FIELDS)}")
+            if name not in _PARSERS:
+                raise ConfigError(f"config file {str(p)!r}: unknown key {name!r}; known: {sorted(_PARSERS)}")
             values[name] = _cast(f"{p.name}:{name}", name, value)
-    for name in _FIELDS:
+    for name in _PARSERS:
         key = ENV_PREFIX + name.upper()
         if key in env and env[key] != "":
             values[name] = _cast(key, name, env[key])

@@ -18,15 +18,15 @@ from typing import Any, Protocol
 import structlog
 
 from dicomnode.config import Settings
-from dicomnode.net.listener import Listener, ListenerConfig
+from dicomnode.net import Listener, ListenerConfig, server_tls_context
 from dicomnode.receive.fingerprint import Fingerprinter
-from dicomnode.receive.handler import ReceivedInstance, StoreHandler, server_tls_context
+from dicomnode.receive.handler import ReceivedInstance, StoreHandler
 from dicomnode.receive.rescan import RescanReport, rescan
-from dicomnode.receive.storage import sweep_incoming, sweep_partial_writes
 from dicomnode.receive.tracker import StudyTracker
+from dicomnode.storage import sweep_incoming, sweep_partial_writes
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
-from dicomnode.store.queries import latest_analysis, studies_awaiting_delivery, studies_in_state
+from dicomnode.store.queries import studies_awaiting_delivery, studies_in_state
 from dicomnode.store.records import add_event, set_study_state
 
 log = structlog.get_logger("dicomnode.node")
@@ -144,11 +144,9 @@ class Node:
             set_study_state(self.store, uid, StudyState.COMPLETE, "re-queued after restart")
             self._dispatch(uid)
         assert self.runner is not None
-        for uid in studies_awaiting_delivery(self.store):
-            a = latest_analysis(self.store, uid)
-            if a is not None:
-                log.info("node.delivery_resumed", study_uid=uid)
-                self.runner.resume_delivery(uid, a.id)
+        for uid, analysis_id in studies_awaiting_delivery(self.store):
+            log.info("node.delivery_resumed", study_uid=uid)
+            self.runner.resume_delivery(uid, analysis_id)
 
     def flush_records(self, timeout: float = 30.0) -> bool:
         """Wait until the SQL rows of every instance answered so far have committed (they follow

@@ -8,8 +8,8 @@
 - :func:`deliveries`: C-STORE attempts of results (by default the failed ones)
 - :func:`events`: the append-only event log (one study's timeline, or one kind of event)
 
-Every query is answered from an index range at a million studies (revision 0002 adds the
-composite indexes; ``bench/audit_queries.py`` times each). All times are UTC.
+Every query reads an index range (revision 0002 adds the composite indexes;
+``bench/audit_queries.py`` times each, docs/sizing.md keeps the numbers). All times are UTC.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, select, true
-from sqlalchemy.orm import aliased
+from sqlalchemy import ColumnElement, Select, case, func, select
 
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Event, Study, StudyState
-from dicomnode.store.queries import as_utc
+from dicomnode.store.queries import as_utc, latest_analysis_join
 
 SUMMARY_KEYS = ("day", "calling_ae", "state", "model_version", "priority")
 
@@ -89,29 +88,6 @@ def _window(col: Any, f: AuditFilter) -> list[ColumnElement[bool]]:
     return out
 
 
-def _latest_analysis(dialect: str) -> tuple[Any, Any, Any]:
-    """(analysis entity, what to join, on what) for "each study with its latest analysis".
-
-    PostgreSQL gets a LATERAL ... ORDER BY id DESC LIMIT 1 (an index probe per study; with a
-    correlated max(id) in the join condition it prefers hashing the whole analyses table);
-    SQLite, which has no LATERAL, probes the same index with a correlated max(id).
-    Both use the index analyses(study_id, id).
-    """
-    if dialect == "postgresql":
-        latest = (
-            select(Analysis)
-            .where(Analysis.study_id == Study.id)
-            .order_by(Analysis.id.desc())
-            .limit(1)
-            .lateral("latest_analysis")
-        )
-        return aliased(Analysis, latest), latest, true()
-    newest = (
-        select(func.max(Analysis.id)).where(Analysis.study_id == Study.id).correlate(Study).scalar_subquery()
-    )
-    return Analysis, Analysis, Analysis.id == newest
-
-
 def _study_conditions(f: AuditFilter, latest: Any) -> list[ColumnElement[bool]]:
     conds = _window(Study.first_received_at, f)
     if f.calling_ae is not None:
@@ -163,7 +139,7 @@ class StudyRow:
 
 def studies_query(f: AuditFilter, limit: int | None = 100, dialect: str = "sqlite") -> Select:
     """Studies matching ``f`` with their latest analysis, newest first."""
-    a, join_to, on = _latest_analysis(dialect)
+    a, join_to, on = latest_analysis_join(dialect)
     failed = (
         select(func.count())
         .select_from(DeliveryAttempt)
@@ -256,7 +232,7 @@ def summary_query(f: AuditFilter, by: str = "day", dialect: str = "sqlite") -> S
     """Counts per ``by`` (one of :data:`SUMMARY_KEYS`) over studies matching ``f``."""
     if by not in SUMMARY_KEYS:
         raise ValueError(f"summary by {by!r}: use one of {', '.join(SUMMARY_KEYS)}")
-    a, join_to, on = _latest_analysis(dialect)
+    a, join_to, on = latest_analysis_join(dialect)
     key: Any = {
         "day": _day(Study.first_received_at, dialect),
         "calling_ae": Study.calling_ae,

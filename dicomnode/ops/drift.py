@@ -1,9 +1,8 @@
-"""Model performance in the field: score drift against the validation baseline, and real-world
-sensitivity, specificity, PPV and NPV against radiologists' reads.
+"""Score drift in the field: a model version's scores against its validation baseline.
 
 Drift is the population stability index (PSI) of the scores a model version produced in a
 window against the score histogram of its validation set, over the bins training uses,
-:data:`training.evaluate.SCORE_BIN_EDGES` (ten equal bins on [0, 1], 1.0 in the last)::
+:data:`~dicomnode.model.histogram.SCORE_BIN_EDGES` (ten equal bins on [0, 1], 1.0 in the last)::
 
     PSI = sum_i (a_i - e_i) * ln(a_i / e_i)
 
@@ -12,11 +11,7 @@ of 0 is replaced by :data:`PSI_EPSILON` so an empty bin gives a large, finite te
 reading: below 0.1 stable, 0.1-0.25 a moderate shift worth a look, above 0.25 a major shift.
 
 The baseline comes from the model card (``card.metrics["val_score_histogram"]``, written by
-:func:`training.evaluate.score_histogram` at export) or from a file (:func:`load_baseline`).
-
-Performance compares each study's latest radiologist read (:mod:`dicomnode.ops.groundtruth`) with
-the model version's latest analysis of that study, judged at the threshold the analysis used (the
-model card's operating point). Proportions come with Wilson score 95% intervals.
+:func:`~dicomnode.model.histogram.score_histogram` at export) or from a file (:func:`load_baseline`).
 """
 
 from __future__ import annotations
@@ -34,8 +29,7 @@ from sqlalchemy import Integer, case, cast, func, select
 
 from dicomnode.model.histogram import SCORE_BIN_EDGES, score_histogram
 from dicomnode.store.db import Store
-from dicomnode.store.models import Analysis, GroundTruth
-from dicomnode.store.queries import as_utc
+from dicomnode.store.models import Analysis
 
 #: share that stands in for an empty bin (the usual PSI convention)
 PSI_EPSILON = 1e-4
@@ -44,8 +38,6 @@ PSI_BANDS = (0.1, 0.25)
 #: model card metrics key of the validation score histogram (``{"edges", "counts", "fractions"}``)
 BASELINE_CARD_KEY = "val_score_histogram"
 _BINS = len(SCORE_BIN_EDGES) - 1
-#: two-sided 95% normal quantile
-Z95 = 1.959963984540054
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -86,21 +78,6 @@ def psi_band(value: float | None) -> str:
     if value is None or math.isnan(value):
         return "-"
     return "stable" if value < PSI_BANDS[0] else "moderate" if value < PSI_BANDS[1] else "major"
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of the proportion ``k / n`` (95% by default); NaNs when ``n == 0``."""
-    if n < 0 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact at the ends, where rounding bites
-    high = 1.0 if k == n else min(1.0, centre + half)
-    return (low, high)
 
 
 # -------------------------------------------------------------------------------- baseline
@@ -186,7 +163,8 @@ def _day(dialect: str) -> Any:
     return func.substr(Analysis.finished_at, 1, 10)
 
 
-def _window(since: datetime | None, until: datetime | None, model_version: str | None) -> list[Any]:
+def scored_in_window(since: datetime | None, until: datetime | None, model_version: str | None) -> list[Any]:
+    """Conditions on :class:`Analysis`: scored, finished in ``since <= t < until``, of one version (or any)."""
     conds: list[Any] = [Analysis.score.is_not(None), Analysis.finished_at.is_not(None)]
     if since is not None:
         conds.append(Analysis.finished_at >= since.astimezone(timezone.utc))
@@ -217,7 +195,7 @@ def daily_histograms(
     b, d = _bin(dialect).label("bin"), _day(dialect).label("day")
     stmt = (
         select(Analysis.model_version, d, b, func.count())
-        .where(*_window(since, until, model_version))
+        .where(*scored_in_window(since, until, model_version))
         .group_by(Analysis.model_version, d, b)
     )
     acc: dict[tuple[str, str], list[int]] = {}
@@ -272,7 +250,7 @@ def drift(
             func.avg(Analysis.score),
             func.sum(case((Analysis.finding_present.is_(True), 1), else_=0)),
         )
-        .where(*_window(since, until, model_version))
+        .where(*scored_in_window(since, until, model_version))
         .group_by(Analysis.model_version)
         .order_by(Analysis.model_version)
     )
@@ -305,137 +283,6 @@ def drift(
     return rows, daily, totals
 
 
-@dataclass(frozen=True)
-class PerformanceRow:
-    """Confusion counts of one model version against radiologists' reads, with 95% Wilson CIs."""
-
-    model_version: str
-    threshold: float | None
-    studies: int  # studies with both a read and an analysis by this version
-    tp: int
-    fp: int
-    tn: int
-    fn: int
-    sensitivity: float
-    sensitivity_low: float
-    sensitivity_high: float
-    specificity: float
-    specificity_low: float
-    specificity_high: float
-    ppv: float
-    ppv_low: float
-    ppv_high: float
-    npv: float
-    npv_low: float
-    npv_high: float
-
-
-def _ratio(k: int, n: int) -> tuple[float, float, float]:
-    lo, hi = wilson_interval(k, n)
-    return (round(k / n, 4) if n else math.nan, round(lo, 4), round(hi, 4))
-
-
-def performance_from_counts(
-    model_version: str, threshold: float | None, tp: int, fp: int, tn: int, fn: int
-) -> PerformanceRow:
-    """Sensitivity, specificity, PPV and NPV with Wilson intervals from confusion counts."""
-    sens, spec, ppv, npv = _ratio(tp, tp + fn), _ratio(tn, tn + fp), _ratio(tp, tp + fp), _ratio(tn, tn + fn)
-    return PerformanceRow(
-        model_version, threshold, tp + fp + tn + fn, tp, fp, tn, fn, *sens, *spec, *ppv, *npv
-    )
-
-
-def performance(
-    store: Store,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    model_version: str | None = None,
-) -> list[PerformanceRow]:
-    """Per model version: its latest analysis of each read study (finished in the window) against
-    the study's latest read, positive when the score reached the analysis's threshold."""
-    read_rank = (
-        func.row_number()
-        .over(
-            partition_by=GroundTruth.study_id,
-            order_by=(GroundTruth.read_at.is_(None), GroundTruth.read_at.desc(), GroundTruth.id.desc()),
-        )
-        .label("rank")
-    )
-    ranked_reads = select(GroundTruth.study_id, GroundTruth.label, read_rank).subquery()
-    reads = select(ranked_reads.c.study_id, ranked_reads.c.label).where(ranked_reads.c.rank == 1).subquery()
-    run_rank = (
-        func.row_number()
-        .over(partition_by=(Analysis.study_id, Analysis.model_version), order_by=Analysis.id.desc())
-        .label("rank")
-    )
-    # driven by the reads (a few percent of studies): each looks up its analyses by study_id
-    runs = (
-        select(Analysis.model_version, Analysis.threshold, Analysis.finding_present, reads.c.label, run_rank)
-        .join(reads, reads.c.study_id == Analysis.study_id)
-        .where(*_window(since, until, model_version))
-        .subquery()
-    )
-    pred, truth = runs.c.finding_present.is_(True), runs.c.label.is_(True)
-    stmt = (
-        select(
-            runs.c.model_version,
-            func.max(runs.c.threshold),
-            func.sum(case((pred & truth, 1), else_=0)),
-            func.sum(case((pred & ~truth, 1), else_=0)),
-            func.sum(case((~pred & ~truth, 1), else_=0)),
-            func.sum(case((~pred & truth, 1), else_=0)),
-        )
-        .where(runs.c.rank == 1)
-        .group_by(runs.c.model_version)
-        .order_by(runs.c.model_version)
-    )
-    with store.session() as s:
-        rows = s.execute(stmt).all()
-    return [
-        performance_from_counts(v, thr, int(tp or 0), int(fp or 0), int(tn or 0), int(fn or 0))
-        for v, thr, tp, fp, tn, fn in rows
-    ]
-
-
-@dataclass(frozen=True)
-class MonitorResult:
-    """Everything ``dicomnode monitor`` prints and reports for one window."""
-
-    since: datetime | None
-    until: datetime | None
-    drift: list[DriftRow]
-    daily: list[DailyPsi]
-    #: window score counts per model version in the ``SCORE_BIN_EDGES`` bins
-    counts: dict[str, np.ndarray]
-    #: the baseline each version was compared with (absent: none known)
-    baselines: dict[str, Baseline]
-    performance: list[PerformanceRow]
-
-
-def monitor(
-    store: Store,
-    baselines: dict[str, Baseline],
-    since: datetime | None = None,
-    until: datetime | None = None,
-    model_version: str | None = None,
-    *,
-    default: Baseline | None = None,
-) -> MonitorResult:
-    """Drift and performance of every model version (or one) over ``since <= finished < until``."""
-    rows, daily, counts = drift(store, baselines, since, until, model_version, default=default)
-    used = {v: b for v in counts if (b := baselines.get(v, default)) is not None}
-    return MonitorResult(
-        since, until, rows, daily, counts, used, performance(store, since, until, model_version)
-    )
-
-
-def first_and_last_finish(store: Store) -> tuple[datetime | None, datetime | None]:
-    """The earliest and latest analysis finish time in the store (for report headers)."""
-    with store.session() as s:
-        lo, hi = s.execute(select(func.min(Analysis.finished_at), func.max(Analysis.finished_at))).one()
-    return as_utc(lo), as_utc(hi)
-
-
 __all__ = [
     "BASELINE_CARD_KEY",
     "PSI_BANDS",
@@ -444,17 +291,11 @@ __all__ = [
     "DailyHistogram",
     "DailyPsi",
     "DriftRow",
-    "MonitorResult",
-    "PerformanceRow",
     "baseline_from_card",
     "daily_histograms",
     "drift",
-    "first_and_last_finish",
     "load_baseline",
-    "monitor",
-    "performance",
-    "performance_from_counts",
     "psi",
     "psi_band",
-    "wilson_interval",
+    "scored_in_window",
 ]

@@ -46,7 +46,7 @@ from dicomnode.store.queries import as_utc
 
 log = structlog.get_logger("dicomnode.metrics")
 
-#: seconds; inference of one study on CPU is ~0.05-1 s, on a GPU a few ms
+#: seconds; from inference on a GPU (milliseconds) to a slow CPU (seconds): docs/sizing.md
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: seconds; includes the quiet period (DICOMNODE_QUIET_SECONDS, 5 s by default) and queueing
 NOTIFICATION_BUCKETS = (1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)

@@ -1,7 +1,7 @@
 """The monitoring report: Markdown and HTML with SVG plots (no plotting library).
 
 ``dicomnode monitor --report DIR`` writes ``DIR/report.md`` (plots as ``DIR/*.svg``) and
-``DIR/report.html`` (the same, plots inline) from a :class:`~dicomnode.ops.drift.MonitorResult`:
+``DIR/report.html`` (the same, plots inline) from a :class:`~dicomnode.ops.monitor.MonitorResult`:
 per model version the score histogram against the validation baseline, PSI per day, and the
 confusion counts against radiologists' reads with sensitivity, specificity, PPV and NPV.
 """
@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from dicomnode.model.histogram import SCORE_BIN_EDGES
-from dicomnode.ops.drift import PSI_BANDS, MonitorResult, PerformanceRow
+from dicomnode.ops.drift import PSI_BANDS
+from dicomnode.ops.monitor import MonitorResult
+from dicomnode.ops.performance import PerformanceRow
 from dicomnode.ops.tables import table_cells
 
 _BASE_COLOUR, _OBS_COLOUR, _LINE_COLOUR = "#9aa5b1", "#1f6fb2", "#c2410c"
@@ -164,7 +166,7 @@ def confusion_svg(row: PerformanceRow, title: str) -> str:
 
 @dataclass(frozen=True)
 class PerformanceText:
-    """A :class:`~dicomnode.ops.drift.PerformanceRow` for a terminal: each measure with its CI."""
+    """A :class:`~dicomnode.ops.performance.PerformanceRow` for a terminal: each measure with its CI."""
 
     model_version: str
     threshold: float | None

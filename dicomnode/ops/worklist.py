@@ -13,12 +13,10 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import select
-
 from dicomnode.results import Priority, RankedEntry, WorklistEntry, read_sr
 from dicomnode.store.db import Store
-from dicomnode.store.models import Analysis, Study, StudyState
-from dicomnode.store.queries import as_utc
+from dicomnode.store.models import Study, StudyState
+from dicomnode.store.queries import studies_with_latest_analysis
 
 #: Every complete study waits for a radiologist, whatever the AI made of it: a study the model
 #: could not read (not applicable, failed) is listed as routine, never dropped from the list.
@@ -26,26 +24,17 @@ _OPEN_STATES = [s.value for s in StudyState if s is not StudyState.RECEIVING]
 
 
 def entries_from_store(store: Store) -> list[WorklistEntry]:
-    """One entry per complete study; priority from its latest analysis (ROUTINE when none)."""
-    out = []
-    with store.session() as s:
-        for st in s.scalars(select(Study).where(Study.state.in_(_OPEN_STATES))):
-            a = s.scalar(
-                select(Analysis)
-                .where(Analysis.study_id == st.id, Analysis.score.is_not(None))
-                .order_by(Analysis.id.desc())
-                .limit(1)
-            )
-            out.append(
-                WorklistEntry(
-                    study_uid=st.study_uid,
-                    priority=Priority(a.priority) if a and a.priority else Priority.ROUTINE,
-                    probability=a.score if a else None,
-                    arrived_at=as_utc(st.first_received_at) or st.first_received_at,
-                    accession=st.accession_number or "",
-                )
-            )
-    return out
+    """One entry per complete study; priority from its latest scored analysis (ROUTINE when none)."""
+    return [
+        WorklistEntry(
+            study_uid=r.study_uid,
+            priority=Priority(r.priority) if r.priority else Priority.ROUTINE,
+            probability=r.score,
+            arrived_at=r.first_received_at,
+            accession=r.accession_number or "",
+        )
+        for r in studies_with_latest_analysis(store, Study.state.in_(_OPEN_STATES), scored=True)
+    ]
 
 
 def entries_from_srs(paths: Iterable[Path]) -> tuple[list[WorklistEntry], list[str]]:

@@ -83,7 +83,8 @@ class Instance(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str | None] = mapped_column(String(64))  # filled after receipt (dicomnode.receive.fingerprint)
+    # filled after receipt (dicomnode.receive.fingerprint)
+    sha256: Mapped[str | None] = mapped_column(String(64))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -151,7 +152,7 @@ class Event(Base):
 
 class GroundTruth(Base):
     """A radiologist's read of a study, imported from CSV (``dicomnode import-truth``): the
-    reference for real-world sensitivity, specificity, PPV and NPV (:mod:`dicomnode.ops.drift`)."""
+    reference for real-world sensitivity, specificity, PPV and NPV (:mod:`dicomnode.ops.performance`)."""
 
     __tablename__ = "ground_truth"
 
@@ -166,8 +167,8 @@ class GroundTruth(Base):
     study: Mapped[Study] = relationship()
 
 
-# Composite indexes of revision 0002: they keep `dicomnode audit`, `dicomnode monitor` and the
-# /metrics scrape interactive over millions of studies (bench/audit_queries.py times them).
+# Composite indexes of revision 0002: each question of `dicomnode audit`, `dicomnode monitor` and
+# the /metrics scrape reads an index range instead of scanning a table (docs/sizing.md has timings).
 Index("ix_studies_accession_number", Study.accession_number)
 Index("ix_studies_calling_ae_first_received_at", Study.calling_ae, Study.first_received_at)
 Index("ix_studies_state_first_received_at", Study.state, Study.first_received_at)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select, true
+from sqlalchemy.orm import aliased
 
 from dicomnode.store.db import Store
 from dicomnode.store.models import (
@@ -76,29 +79,115 @@ def studies_in_state(store: Store, *states: StudyState) -> list[tuple[str, datet
     return [(uid, as_utc(at) or at) for uid, at in rows]
 
 
-def studies_awaiting_delivery(store: Store) -> list[str]:
-    """Analysed studies whose next delivery round was scheduled (and may have been lost with
-    the process that held the timer)."""
+def studies_awaiting_delivery(store: Store) -> list[tuple[str, int]]:
+    """(study UID, latest analysis ID) of analysed studies whose next delivery round was scheduled
+    (and may have been lost with the process that held the timer), in one query."""
+    rows = studies_with_latest_analysis(
+        store,
+        Study.state == StudyState.ANALYSED.value,
+        Study.state_reason.startswith(DELIVERY_RETRY_REASON),
+    )
+    return [(r.study_uid, r.analysis_id) for r in rows if r.analysis_id is not None]
+
+
+def latest_analysis_join(dialect: str, *, scored: bool = False) -> tuple[Any, Any, ColumnElement[bool]]:
+    """(analysis entity, what to outer-join to :class:`Study`, on what) for "each study with its
+    latest analysis" in one statement: the one definition of *latest* (highest ``analyses.id``).
+
+    PostgreSQL gets a LATERAL ... ORDER BY id DESC LIMIT 1 (an index probe per study; with a
+    correlated max(id) in the join condition it prefers hashing the whole analyses table);
+    SQLite, which has no LATERAL, probes the same index with a correlated max(id).
+    Both use the index analyses(study_id, id). ``scored=True`` takes the latest analysis that
+    produced a score (the worklist's priority), skipping later ones that failed or did not apply.
+    """
+    only_scored = [Analysis.score.is_not(None)] if scored else []
+    if dialect == "postgresql":
+        latest = (
+            select(Analysis)
+            .where(Analysis.study_id == Study.id, *only_scored)
+            .order_by(Analysis.id.desc())
+            .limit(1)
+            .lateral("latest_analysis")
+        )
+        return aliased(Analysis, latest), latest, true()
+    newest = (
+        select(func.max(Analysis.id))
+        .where(Analysis.study_id == Study.id, *only_scored)
+        .correlate(Study)
+        .scalar_subquery()
+    )
+    return Analysis, Analysis, Analysis.id == newest
+
+
+@dataclass(frozen=True)
+class StudyLatest:
+    """A study and its latest analysis (the analysis fields are None when it has none)."""
+
+    study_uid: str
+    state: str
+    state_reason: str | None
+    instance_count: int
+    accession_number: str | None
+    first_received_at: datetime
+    last_received_at: datetime
+    analysis_id: int | None
+    model_version: str | None
+    score: float | None
+    priority: str | None
+    finished_at: datetime | None
+    delivered_at: datetime | None
+
+
+def studies_with_latest_analysis(
+    store: Store,
+    *where: ColumnElement[bool],
+    order_by: Sequence[Any] = (),
+    limit: int | None = None,
+    scored: bool = False,
+) -> list[StudyLatest]:
+    """Studies matching ``where``, each with its latest analysis, in one query
+    (:func:`latest_analysis_join`); ``scored=True``: the latest analysis that has a score."""
+    a, join_to, on = latest_analysis_join(store.engine.dialect.name, scored=scored)
+    if limit is not None:
+        # pick the studies first: otherwise both backends join every match before sorting
+        where = (Study.id.in_(select(Study.id).where(*where).order_by(*order_by).limit(limit)),)
+    stmt = (
+        select(
+            Study.study_uid,
+            Study.state,
+            Study.state_reason,
+            Study.instance_count,
+            Study.accession_number,
+            Study.first_received_at,
+            Study.last_received_at,
+            a.id,
+            a.model_version,
+            a.score,
+            a.priority,
+            a.finished_at,
+            a.delivered_at,
+        )
+        .outerjoin(join_to, on)
+        .where(*where)
+        .order_by(*order_by)
+    )
     with store.session() as s:
-        rows = s.scalars(
-            select(Study.study_uid).where(
-                Study.state == StudyState.ANALYSED.value,
-                Study.state_reason.startswith(DELIVERY_RETRY_REASON),
-            )
-        ).all()
-    return list(rows)
+        rows = s.execute(stmt).all()
+    return [
+        StudyLatest(
+            uid, state, reason, n, accession, as_utc(first) or first, as_utc(last) or last,
+            aid, version, score, priority, as_utc(finished), as_utc(delivered),
+        )
+        for uid, state, reason, n, accession, first, last, aid, version, score, priority, finished, delivered
+        in rows
+    ]  # fmt: skip
 
 
 def latest_analysis(store: Store, study_uid: str) -> Analysis | None:
-    """The most recent analysis row of a study."""
+    """The most recent analysis row of a study (:func:`latest_analysis_join` for one study)."""
+    a, join_to, on = latest_analysis_join(store.engine.dialect.name)
     with store.session() as s:
-        return s.scalar(
-            select(Analysis)
-            .join(Study)
-            .where(Study.study_uid == study_uid)
-            .order_by(Analysis.id.desc())
-            .limit(1)
-        )
+        return s.scalar(select(a).select_from(Study).join(join_to, on).where(Study.study_uid == study_uid))
 
 
 @dataclass(frozen=True)
@@ -127,28 +216,21 @@ class ResultRow:
 
 def result_rows(store: Store, limit: int = 100) -> list[ResultRow]:
     """Most recent studies first, each with its latest analysis (if any)."""
-    with store.session() as s:
-        studies = list(s.scalars(select(Study).order_by(Study.last_received_at.desc()).limit(limit)))
-        out = []
-        for st in studies:
-            a = s.scalar(
-                select(Analysis).where(Analysis.study_id == st.id).order_by(Analysis.id.desc()).limit(1)
-            )
-            out.append(
-                ResultRow(
-                    study_uid=st.study_uid,
-                    state=st.state,
-                    reason=st.state_reason,
-                    instances=st.instance_count,
-                    last_received_at=as_utc(st.last_received_at) or st.last_received_at,
-                    score=a.score if a else None,
-                    priority=a.priority if a else None,
-                    model_version=a.model_version if a else None,
-                    finished_at=as_utc(a.finished_at) if a else None,
-                    delivered_at=as_utc(a.delivered_at) if a else None,
-                )
-            )
-    return out
+    return [
+        ResultRow(
+            study_uid=r.study_uid,
+            state=r.state,
+            reason=r.state_reason,
+            instances=r.instance_count,
+            last_received_at=r.last_received_at,
+            score=r.score,
+            priority=r.priority,
+            model_version=r.model_version,
+            finished_at=r.finished_at,
+            delivered_at=r.delivered_at,
+        )
+        for r in studies_with_latest_analysis(store, order_by=[Study.last_received_at.desc()], limit=limit)
+    ]
 
 
 def attempts_made(store: Store, analysis_id: int) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """A small listening Storage SCP that keeps what it is sent in a folder.
 
-Used as the receiving "PACS" of the demo and the tests, and by ``dicomnode worklist --listen`` to
-collect result SRs from other nodes.
+Used as the receiving "PACS" of the demo and the tests. The result SRs it collects in its folder
+are what ``dicomnode worklist --sr-dir FOLDER`` reads (the command does not listen itself).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from pynetdicom import AE, evt
 
-from dicomnode.receive.handler import add_storage_contexts
-from dicomnode.receive.storage import instance_path, write_atomic
+from dicomnode.net.contexts import add_storage_contexts
+from dicomnode.storage import instance_path, write_atomic
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import pytest
 
 from dicomnode.cli import main
 from dicomnode.model.histogram import score_histogram
-from dicomnode.ops.drift import Baseline, monitor, psi
+from dicomnode.ops.drift import Baseline, psi
 from dicomnode.ops.groundtruth import import_ground_truth
+from dicomnode.ops.monitor import monitor
 from dicomnode.ops.report import write_report
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, Study

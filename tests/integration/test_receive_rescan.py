@@ -20,7 +20,7 @@ from dicomnode.config import Settings
 from dicomnode.delivery.push import push_files
 from dicomnode.net import status
 from dicomnode.node import Node
-from dicomnode.receive.storage import instance_path, sha256_of
+from dicomnode.storage import instance_path, sha256_of
 from dicomnode.store.db import Store
 from dicomnode.store.models import Event, StudyState
 from dicomnode.store.queries import study_instances, study_state

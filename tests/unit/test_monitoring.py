@@ -1,4 +1,5 @@
-"""PSI, Wilson intervals, score histograms and baselines of dicomnode.ops.drift (no database)."""
+"""PSI, Wilson intervals, score histograms and baselines of dicomnode.ops.drift and
+dicomnode.ops.performance (no database)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ from dicomnode.ops.drift import (
     Baseline,
     baseline_from_card,
     load_baseline,
-    performance_from_counts,
     psi,
     psi_band,
-    wilson_interval,
 )
+from dicomnode.ops.performance import performance_from_counts, wilson_interval
 
 
 def test_psi_of_identical_distributions_is_zero() -> None:
