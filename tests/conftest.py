@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from dicomnode.config import Destination, Settings
 from dicomnode.logconfig import configure_logging
 from dicomnode.node import Node
 from dicomnode.testing.pacs import Receiver
-from tests.support import LoggedProcess, stop_process
+from tests.support import LoggedProcess
 from worker.runners import make_runner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +28,21 @@ PG_ADMIN_URL = os.environ.get("DICOMNODE_TEST_PG", "postgresql+psycopg://postgre
 REDIS_URL = os.environ.get("DICOMNODE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 configure_logging("info", "console")
+
+#: Fixtures that start a subprocess: a test using one is marked ``process``.
+_PROCESS_FIXTURES = frozenset({"processes", "celery_worker_factory", "node_processes", "dciodvfy_errors"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark by where a test lives and what it starts, so the fast tier cannot miss one:
+    everything under tests/integration is ``integration``; a test using a process fixture is
+    ``process``."""
+    integration = REPO / "tests" / "integration"
+    for item in items:
+        if integration in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+        if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
 
 
 @pytest.fixture(scope="session")
@@ -123,51 +136,15 @@ def settings_env(s: Settings) -> dict[str, str]:
     return env
 
 
-class CeleryWorker:
+class CeleryWorker(LoggedProcess):
     """A real ``celery worker`` subprocess consuming our queue on the real Redis."""
 
     def __init__(self, settings: Settings, log_path: Path, name: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.app",
-                "worker",
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-                "-Q",
-                settings.queue,
-                "--hostname",
-                f"{name}@%h",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=REPO,
-            env=settings_env(settings),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited: {log_path.read_text()[-3000:]}")
-            if b"ready." in log_path.read_bytes():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"celery worker not ready in 60 s: {log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        stop_process(self.proc, grace=20)
-        self._log.close()
+        argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo"]
+        argv += ["--concurrency", "1", "-Q", settings.queue, "--hostname", f"{name}@%h", "--loglevel", "INFO"]
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        super().__init__(argv, settings_env(settings), log_path, cwd=REPO)
+        self.wait_ready(lambda: b"ready." in log_path.read_bytes(), 60, "celery worker")
 
 
 @pytest.fixture
@@ -195,7 +172,7 @@ def celery_worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], Celer
 
     yield start
     for w in workers:
-        w.stop()
+        w.stop(grace=20)
 
 
 def need_tool(name: str) -> str:

@@ -28,11 +28,14 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 30) -> None:
 
 
 class LoggedProcess:
-    """A subprocess with its output (stdout and stderr) in a log file."""
+    """A subprocess with its output (stdout and stderr) in a log file: the one way the tests start
+    the node, Celery workers, Flower and Orthanc as processes."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path, *, append: bool = False
+    ) -> None:
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "ab" if append else "wb")
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
@@ -43,6 +46,19 @@ class LoggedProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"{self.proc.args[:4]} exited {self.proc.returncode}: {self.log()[-3000:]}")
         return True
+
+    def wait_ready(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll ``ready`` until true; raise with the end of the log if the process exits first or
+        ``timeout`` seconds pass (the process is stopped then)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{what}: exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if ready():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{what}: not ready after {timeout} s:\n{self.log()[-3000:]}")
 
     def stop(self, grace: float = 30) -> int:
         """SIGTERM (SIGKILL after ``grace`` s); returns the exit status. Safe to call twice."""

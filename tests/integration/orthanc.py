@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support import free_port
+from tests.support import LoggedProcess, free_port
 
 
 class Orthanc:
@@ -38,7 +36,7 @@ class Orthanc:
         self.modalities = modalities or {}
         self.base_url = f"http://127.0.0.1:{self.http_port}"
         self.log_path = workdir / "orthanc.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.running: LoggedProcess | None = None
 
     def config(self) -> dict[str, Any]:
         """The JSON configuration Orthanc is started with."""
@@ -64,31 +62,21 @@ class Orthanc:
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(self.config(), indent=1))
         env = dict(os.environ, TCP_NODELAY="1")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [self.binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                self.get("/system")
-                return self
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"Orthanc REST not up in {timeout} s: {self.log_tail()}")
+        self.running = LoggedProcess([self.binary, str(cfg)], env, self.log_path, cwd=self.workdir)
+        self.running.wait_ready(self._rest_up, timeout, "Orthanc REST API")
+        return self
+
+    def _rest_up(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except (urllib.error.URLError, ConnectionError):
+            return False
 
     def stop(self) -> None:
         """Terminate the process we started (by PID) and wait for it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.running is not None:
+            self.running.stop(grace=20)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""

@@ -37,7 +37,7 @@ from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, Study
 from dicomnode.testing.pacs import Receiver
 from dicomnode.testing.phantoms import make_phantom
-from tests.support import echo_ok, free_port, stop_process
+from tests.support import LoggedProcess, echo_ok, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,21 +58,18 @@ class NodeProcess:
             PYTHONUNBUFFERED="1",
         )
         self.env.update({f"DICOMNODE_{k.upper()}": v for k, v in settings.items()})
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.running: LoggedProcess | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.running is None else self.running.proc
 
     def start(self, timeout: float = 60) -> NodeProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dicomnode", "serve"], cwd=REPO, env=self.env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            if echo_ok(self.port, timeout=1):
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"node not answering C-ECHO after {timeout} s:\n{self.log()[-3000:]}")
+        """Start (or restart: the log is appended to) and wait until it answers C-ECHO."""
+        argv = [sys.executable, "-m", "dicomnode", "serve"]
+        self.running = LoggedProcess(argv, self.env, self.log_path, cwd=REPO, append=True)
+        self.running.wait_ready(lambda: echo_ok(self.port, timeout=1), timeout, "node (C-ECHO)")
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -86,8 +83,8 @@ class NodeProcess:
         }
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
+        if self.running is not None:
+            self.running.stop()
 
     def store(self) -> Store:
         return Store(f"sqlite:///{(self.storage_dir / 'dicomnode.sqlite3').resolve()}", run_migrations=False)
