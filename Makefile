@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PEERS  := dcmtk dicom3tools orthanc
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint peers install
+.PHONY: demo test test-fast lint peers install
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(STAMP)
 # lint first: a type or lint error fails fast, before the minutes-long suite
 test: lint peers
 	$(PY) -m pytest -q
+
+# the fast tier for your own iterations: no processes, no servers
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not integration and not process and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dicomnode worker training tests bench
