@@ -162,10 +162,8 @@ def test_export_needs_a_card_with_the_input_size(tmp_path: Path) -> None:
         export_onnx(_trained_looking_model(), tmp_path / "m.onnx", bad)
 
 
-def test_read_card_refuses_files_that_are_not_dicomnode_models(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="demo-model"):
-        read_card(tmp_path / "missing.onnx")
-    # a valid ONNX model without the card
+def _identity_model() -> onnx.ModelProto:
+    """A valid ONNX model with the contract's input and probability output but no CAM output."""
     node = onnx.helper.make_node("Identity", ["image"], ["probability"])
     graph = onnx.helper.make_graph(
         [node],
@@ -173,7 +171,13 @@ def test_read_card_refuses_files_that_are_not_dicomnode_models(tmp_path: Path) -
         [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info("probability", onnx.TensorProto.FLOAT, [1])],
     )
-    plain = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def test_read_card_refuses_files_that_are_not_dicomnode_models(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="demo-model"):
+        read_card(tmp_path / "missing.onnx")
+    plain = _identity_model()  # a valid ONNX model without the card
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="no 'dicomnode.model_card' metadata"):
         read_card(tmp_path / "plain.onnx")
@@ -188,14 +192,7 @@ def test_read_card_refuses_files_that_are_not_dicomnode_models(tmp_path: Path) -
 
 
 def test_worker_model_refuses_what_read_card_refuses_with_the_same_message(tmp_path: Path) -> None:
-    node = onnx.helper.make_node("Identity", ["image"], ["probability"])
-    graph = onnx.helper.make_graph(
-        [node],
-        "g",
-        [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("probability", onnx.TensorProto.FLOAT, [1])],
-    )
-    no_cam = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    no_cam = _identity_model()
     onnx.helper.set_model_props(no_cam, {METADATA_KEY: _card(64).to_json()})
     onnx.save(no_cam, str(tmp_path / "no-cam.onnx"))
     for path, hint in ((tmp_path / "missing.onnx", "DICOMNODE_MODEL"), (tmp_path / "no-cam.onnx", "'cam'")):
