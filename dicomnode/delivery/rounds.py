@@ -102,11 +102,14 @@ def deliver_results(
         wait = None if ok else policy.next_round_in(first + now_attempts - 1)
         if wait is not None:
             next_round = wait if next_round is None else min(next_round, wait)
+    # finished_at and delivered_at land in one transaction: a reader between the two (a /metrics
+    # scrape) would otherwise see a finished analysis that was never delivered
     now = utcnow()
-    if finishing:
-        update_analysis(store, analysis_id, finished_at=now)
+    stamps = {"finished_at": now} if finishing else {}
     has_destinations = bool(settings.destinations)
     if not all_ok and next_round is not None and defer is not None:
+        if stamps:
+            update_analysis(store, analysis_id, **stamps)
         # attempts are left: this worker moves on to the next study; a scheduled round goes on
         state = end_state(has_destinations=has_destinations, all_delivered=False, round_scheduled=True)
         set_study_state(
@@ -121,7 +124,9 @@ def deliver_results(
         return state
     state = end_state(has_destinations=has_destinations, all_delivered=all_ok, round_scheduled=False)
     if state is StudyState.DELIVERED:
-        update_analysis(store, analysis_id, delivered_at=now)
+        stamps["delivered_at"] = now
+    if stamps:
+        update_analysis(store, analysis_id, **stamps)
     reason = None
     if state is StudyState.DELIVERY_FAILED:
         reason = f"retry budget exhausted; re-send with `dicomnode resend {study_uid}`"
