@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from dicomnode.delivery import Defer, deliver_results, result_file
 from dicomnode.model import PneumoniaModel
 from dicomnode.model.preprocess import preprocess
 from dicomnode.model.selection import Decision, select
-from dicomnode.results import Finding, build_heatmap_sc, build_sr, result_uids
+from dicomnode.results import Finding, build_heatmap_sc, build_sr, changed_keywords, result_uids
 from dicomnode.storage import write_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
@@ -101,10 +102,9 @@ class Pipeline:
             return self._run(study_uid, analysis_id, bound)
         except Exception as exc:
             bound.exception("study.failed")
-            update_analysis(
-                self.store, analysis_id, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=utcnow()
-            )
-            set_study_state(self.store, study_uid, StudyState.FAILED, f"{type(exc).__name__}: {exc}"[:500])
+            reason = failure_reason(exc)
+            update_analysis(self.store, analysis_id, error=reason, finished_at=utcnow())
+            set_study_state(self.store, study_uid, StudyState.FAILED, reason)
             raise
 
     def _run(
@@ -168,12 +168,23 @@ class Pipeline:
         )
 
         uids = result_uids(study_uid, card.version)
-        sr = build_sr(sources, finding, card, uids=uids)
-        sc = build_heatmap_sc(sources[best], cams[best], finding, card, uids=uids)
+        changed = changed_keywords(sources)
+        if changed:  # once per study, keywords only: the values may be a patient's
+            bound.info("results.header_sanitised", attributes=changed)
+        sr, sr_bytes, sr_minimal = _build_result(
+            lambda minimal: build_sr(sources, finding, card, uids=uids, minimal=minimal), "sr", bound
+        )
+        sc, sc_bytes, _ = _build_result(
+            lambda minimal: build_heatmap_sc(
+                sources[best], cams[best], finding, card, uids=uids, minimal=minimal
+            ),
+            "sc",
+            bound,
+        )
         paths = []
-        for result in (sr, sc):
+        for result, encoded in ((sr, sr_bytes), (sc, sc_bytes)):
             path = result_file(self.settings, study_uid, str(result.SOPInstanceUID))
-            stored = write_atomic(path, _encode(result))
+            stored = write_atomic(path, encoded)
             paths.append(stored.path)
         t_results = time.perf_counter()
         update_analysis(
@@ -194,7 +205,7 @@ class Pipeline:
 
         def enhanced(ds: Dataset) -> Dataset | None:
             if ds.SOPInstanceUID == sr.SOPInstanceUID:
-                return build_sr(sources, finding, card, uids=uids, enhanced=True)
+                return build_sr(sources, finding, card, uids=uids, enhanced=True, minimal=sr_minimal)
             return None
 
         state = deliver_results(
@@ -205,9 +216,40 @@ class Pipeline:
         )
 
 
+def _build_result(
+    build: Callable[[bool], Dataset], what: str, bound: structlog.typing.FilteringBoundLogger
+) -> tuple[Dataset, bytes, bool]:
+    """``build(False)`` and its Part 10 bytes, else the same with ``build(True)``, the minimal header.
+
+    The full header is copied from the sources made valid (dicomnode.results.sanitise); should
+    highdicom or pydicom still refuse it, the result goes out filed with the patient and study but
+    without their optional attributes, rather than the study failing after inference. Returns the
+    result, its bytes and whether it is the minimal one.
+    """
+    try:
+        result = build(False)
+        return result, _encode(result), False
+    except Exception as exc:  # the exception may quote a header value: log its type only
+        bound.warning("results.minimal_header", result=what, error=type(exc).__name__)
+        result = build(True)
+        return result, _encode(result), True
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What SQL records of a failed analysis: the exception type and what to do, never its text.
+
+    Exception texts from pydicom and highdicom quote header values (a birth date, a name); the
+    worker log has the traceback.
+    """
+    return (
+        f"{type(exc).__name__} during analysis: the worker log has the traceback (event study.failed "
+        "with this study_uid); fix the cause, then re-send the study to analyse it again"
+    )
+
+
 def execution_label(kind: str) -> str:
     """``inprocess`` or ``celery:<host>`` for the analysis row."""
     return kind if kind == "inprocess" else f"{kind}:{socket.gethostname()}"[:32]
 
 
-__all__ = ["Pipeline", "StudyOutcome", "execution_label"]
+__all__ = ["Pipeline", "StudyOutcome", "execution_label", "failure_reason"]

@@ -11,6 +11,7 @@ datasets); nothing here reads config, touches the database or the network.
 from dicomnode.results.finding import Finding, Priority
 from dicomnode.results.reader import SRSummary, read_sr
 from dicomnode.results.reading_order import RankedEntry, RankReason, WorklistEntry, reading_order
+from dicomnode.results.sanitise import changed_keywords, sanitised_copy
 from dicomnode.results.sc import build_heatmap_sc
 from dicomnode.results.sr import build_sr
 from dicomnode.results.uids import ResultUIDs, result_uids
@@ -25,7 +26,9 @@ __all__ = [
     "WorklistEntry",
     "build_heatmap_sc",
     "build_sr",
+    "changed_keywords",
     "read_sr",
     "reading_order",
     "result_uids",
+    "sanitised_copy",
 ]

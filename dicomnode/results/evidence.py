@@ -2,8 +2,9 @@
 
 highdicom reads Type 2 patient and study attributes from the evidence it is given, and its TID 1602
 image library entry for projection radiographs (CR, DX, MG, ...) reads PatientOrientation and
-ImagerPixelSpacing. Real modalities leave some of these out. We fill the gaps on a copy without
-pixel data: the caller's dataset is never changed, and no pixel data is duplicated.
+ImagerPixelSpacing. Real modalities leave some of these out, and send others invalid. We work on a
+copy of just the attributes the results need, made valid (:mod:`dicomnode.results.sanitise`), and
+fill the gaps there: the caller's dataset is never changed, and no pixel data is copied.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import copy
 from collections.abc import Sequence
 
 from pydicom import Dataset
-from pydicom.tag import Tag
+
+from dicomnode.results.sanitise import sanitised_copy
 
 __all__ = ["chest_orientation", "evidence_header", "library_ready", "same_study"]
 
@@ -28,9 +30,6 @@ _TYPE2_EMPTY = (
     "StudyID",
     "AccessionNumber",
 )
-
-#: Pixel data elements never needed in a header copy.
-_PIXEL_TAGS = frozenset(Tag(t) for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 #: Conventional display orientation (row direction, column direction) of a chest radiograph by
 #: ViewPosition, used only when the source carries no PatientOrientation: frontal views are hung
@@ -51,26 +50,25 @@ def chest_orientation(ds: Dataset) -> tuple[str, str]:
     return _ORIENTATION_BY_VIEW.get(str(ds.get("ViewPosition", "")).upper(), ("L", "F"))
 
 
-def evidence_header(ds: Dataset) -> Dataset:
-    """A copy of ``ds`` without pixel data, Type 2 gaps filled with empty values.
+def evidence_header(ds: Dataset, *, minimal: bool = False) -> Dataset:
+    """A valid copy of the attributes of ``ds`` the results need, Type 2 gaps filled empty.
 
-    For projection radiographs a missing PatientOrientation is taken from the view
-    (:func:`chest_orientation`) and a missing ImagerPixelSpacing from PixelSpacing (or
+    The copy is :func:`~dicomnode.results.sanitise.sanitised_copy` (``minimal`` keeps only what
+    files the result with the patient and study). For projection radiographs a missing
+    PatientOrientation is taken from the view (:func:`chest_orientation`) and a missing
+    ImagerPixelSpacing from PixelSpacing (or
     NominalScannedPixelSpacing); when no spacing is known at all, ImagerPixelSpacing stays absent
     and :func:`library_ready` says so, so the image is cited as evidence but left out of
     the image library rather than described with an invented spacing.
     """
-    header = Dataset()
-    for elem in ds:
-        if elem.tag not in _PIXEL_TAGS:
-            header.add(copy.deepcopy(elem))
+    header, _ = sanitised_copy(ds, minimal=minimal)
     if hasattr(ds, "file_meta"):
         header.file_meta = copy.deepcopy(ds.file_meta)
     for keyword in _TYPE2_EMPTY:
         if keyword not in header:
             setattr(header, keyword, None)
     if not _has_two_values(header, "PatientOrientation"):
-        header.PatientOrientation = list(chest_orientation(ds))
+        header.PatientOrientation = list(chest_orientation(header))
     if not _has_two_values(header, "ImagerPixelSpacing"):
         for keyword in ("PixelSpacing", "NominalScannedPixelSpacing"):
             if _has_two_values(header, keyword):

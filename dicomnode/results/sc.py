@@ -43,13 +43,16 @@ def build_heatmap_sc(
     card: ModelCard,
     *,
     uids: ResultUIDs | None = None,
+    minimal: bool = False,
 ) -> Dataset:
     """Build the RGB Secondary Capture of ``cam`` over ``source`` in the source's study.
 
     Parameters
     ----------
     source:
-        The radiograph the CAM belongs to (single-frame MONOCHROME1/2); not modified.
+        The radiograph the CAM belongs to (single-frame MONOCHROME1/2); not modified. Patient,
+        study and equipment attributes come from a header copy made valid
+        (:mod:`dicomnode.results.sanitise`).
     cam:
         The model's class-activation map for ``source``, float [h, w] in [0, 1] over the model's
         input square (``dicomnode.model.card.CAM_OUTPUT``); values outside [0, 1] are clipped.
@@ -58,6 +61,9 @@ def build_heatmap_sc(
     uids:
         Default :func:`~dicomnode.results.uids.result_uids` of the study and ``card.version``.
         One heatmap per study: ``uids.sc_instance`` names it.
+    minimal:
+        Copy only what files the image with the patient and study, as
+        :func:`~dicomnode.results.sr.build_sr` does with ``minimal``.
 
     Raises
     ------
@@ -83,8 +89,8 @@ def build_heatmap_sc(
     if spacing is not None:
         spacing = (spacing[0] * rendered.zoom[0], spacing[1] * rendered.zoom[1])
 
-    # patient and study attributes come from a header copy with Type 2 gaps filled
-    reference = evidence_header(source)
+    # patient and study attributes come from a valid header copy with Type 2 gaps filled
+    reference = evidence_header(source, minimal=minimal)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference,
         pixel_array=rendered.pixels,
@@ -100,11 +106,11 @@ def build_heatmap_sc(
         software_versions=card.version,
         series_description=SC_SERIES_DESCRIPTION,
         pixel_spacing=spacing,  # type: ignore[arg-type]  # highdicom annotates ints
-        patient_orientation=chest_orientation(source),
+        patient_orientation=chest_orientation(reference),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[model_equipment(card)],
     )
-    _copy_laterality(source, sc)
+    _copy_laterality(reference, sc)
     sc.BurnedInAnnotation = "NO"
     sc.DerivationDescription = (
         f"Class activation map of {card.name} {card.version} blended over the source image; "

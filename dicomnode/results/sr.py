@@ -65,6 +65,7 @@ def build_sr(
     *,
     uids: ResultUIDs | None = None,
     enhanced: bool = False,
+    minimal: bool = False,
 ) -> Dataset:
     """Build the Comprehensive 3D SR (or Enhanced SR) reporting ``finding`` on ``sources``.
 
@@ -72,7 +73,9 @@ def build_sr(
     ----------
     sources:
         The images the model scored, all from one study. They are cited as evidence and listed in
-        the image library; they are not modified (gaps are filled on header copies).
+        the image library; they are not modified: the SR copies patient, study and equipment
+        attributes from header copies made valid (:mod:`dicomnode.results.sanitise`: an invalid
+        value is corrected when that is unambiguous, else left out).
     finding:
         The model's probability and the card's threshold; its ``threshold`` must equal
         ``card.threshold``.
@@ -84,6 +87,11 @@ def build_sr(
     enhanced:
         Build an Enhanced SR (1.2.840.10008.5.1.4.1.1.88.22) instead of Comprehensive 3D SR
         (…88.34) for destinations that refuse 3D SR; the content is the same.
+    minimal:
+        Copy from the sources only what files the SR with the patient and study (PatientID,
+        PatientName, AccessionNumber, StudyID; :data:`dicomnode.results.sanitise.MINIMAL_KEYWORDS`),
+        leaving the other patient and study attributes empty: the same finding, for when the full
+        header cannot be written.
 
     Returns
     -------
@@ -103,7 +111,7 @@ def build_sr(
     if uids is None:
         uids = result_uids(study_uid, card.version)
 
-    headers = [evidence_header(ds) for ds in sources]
+    headers = [evidence_header(ds, minimal=minimal) for ds in sources]
     library = [h for h in headers if library_ready(h)]
 
     observer = hd.sr.ObserverContext(
