@@ -14,6 +14,11 @@ import structlog
 
 log = structlog.get_logger("dicomnode.scp")
 
+#: TLS 1.2 cipher suites the SCP accepts: forward secrecy (ECDHE) and authenticated encryption
+#: (AES-GCM, ChaCha20-Poly1305) only, as BCP 195 (RFC 9325 section 4.2) recommends; the CBC suites
+#: Python's default list still allows are refused. TLS 1.3 suites are all AEAD and unaffected.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
+
 
 class TLSSettings(Protocol):
     """What the context is built from: :class:`dicomnode.config.Settings` has these fields."""
@@ -58,12 +63,14 @@ class _ServerTLSContext(ssl.SSLContext):
 
 
 def server_tls_context(settings: TLSSettings) -> ssl.SSLContext | None:
-    """The TLS context of the SCP (TLS 1.2+, PS3.15 BCP 195), or None without a certificate."""
+    """The TLS context of the SCP (TLS 1.2+, AEAD suites only, PS3.15 BCP 195), or None without a
+    certificate."""
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     ctx = _ServerTLSContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.handshake_timeout = settings.acse_timeout_seconds
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
     ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
     if settings.tls_ca is not None:
         ctx.load_verify_locations(cafile=str(settings.tls_ca))
@@ -71,4 +78,4 @@ def server_tls_context(settings: TLSSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-__all__ = ["TLSSettings", "server_tls_context"]
+__all__ = ["TLS12_CIPHERS", "TLSSettings", "server_tls_context"]

@@ -6,19 +6,21 @@ A file has a header row and one read per line::
     1.2.826.0.1.3680043.8.498.1,1,dr-a,2026-01-31T10:12:00Z
 
 or ``accession_number`` instead of (or beside) ``study_uid``. ``label`` is 1 (pneumonia present)
-or 0; ``reader`` and ``read_at`` (ISO 8601 date or date-time, UTC unless it says otherwise) may be
-empty. Commas, semicolons or tabs separate fields. The import is all-or-nothing: a bad line stops
-it with an error naming the file and line. Reads of studies this node never received are counted
-and listed, not imported. Importing the same read again (study, reader, read time) updates its
-label instead of adding a second row.
+or 0; ``reader`` and ``read_at`` (ISO 8601 date or date-time, UTC unless it says otherwise, not
+in the future) may be empty. A study UID is ASCII digits and dots. Commas, semicolons or tabs
+separate fields. The import is all-or-nothing: a bad line stops it with an error naming the file
+and line. Reads of studies this node never received are counted and listed, not imported.
+Importing the same read again (study, reader, read time) updates its label instead of adding a
+second row; the same read twice in one file with two labels is an error naming both lines.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +33,11 @@ from dicomnode.store.queries import as_utc
 COLUMNS = ("study_uid", "accession_number", "label", "reader", "read_at")
 _MAX_ERRORS = 20
 _BATCH = 500
+#: a DICOM UID (PS3.5 9.1): ASCII digits in dot-separated components (``\d`` would take any
+#: Unicode digit, which no DICOM file can hold)
+_UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+#: a read time further ahead than this is a typo (a wrong year), not a clock between time zones
+_FUTURE_SLACK = timedelta(days=1)
 T = TypeVar("T")
 
 
@@ -69,9 +76,12 @@ def _parse_read_at(value: str) -> datetime:
     return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
 
 
-def parse_truth_csv(path: Path) -> list[TruthRow]:
-    """Parse and check every line; raises :class:`GroundTruthError` listing the bad ones."""
+def parse_truth_csv(path: Path, *, now: datetime | None = None) -> list[TruthRow]:
+    """Parse and check every line; raises :class:`GroundTruthError` listing the bad ones.
+
+    ``now`` (default: the current time) is what a read time may not be more than a day after."""
     path = Path(path)
+    latest_read = (now or utcnow()) + _FUTURE_SLACK
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -110,8 +120,8 @@ def parse_truth_csv(path: Path) -> list[TruthRow]:
         problems = []
         if uid is None and acc is None:
             problems.append("no study_uid or accession_number")
-        if uid is not None and (len(uid) > 64 or not all(ch.isdigit() or ch == "." for ch in uid)):
-            problems.append(f"study_uid {uid!r} is not a DICOM UID (digits and dots, at most 64)")
+        if uid is not None and (len(uid) > 64 or not _UID_RE.fullmatch(uid)):
+            problems.append(f"study_uid {uid!r} is not a DICOM UID (ASCII digits and dots, at most 64)")
         if acc is not None and len(acc) > 16:
             problems.append(f"accession_number {acc!r} is longer than 16 characters")
         label = v["label"]
@@ -121,10 +131,12 @@ def parse_truth_csv(path: Path) -> list[TruthRow]:
         if v.get("read_at"):
             try:
                 read_at = _parse_read_at(v["read_at"])
-            except ValueError:
+            except (ValueError, OverflowError):  # OverflowError: 9999-12-31T23:00-01:00 is past year 9999
                 problems.append(
                     f"read_at {v['read_at']!r} is not an ISO 8601 date or date-time, e.g. 2026-01-31T10:12:00Z"
                 )
+            if read_at is not None and read_at > latest_read:
+                problems.append(f"read_at {v['read_at']!r} is in the future; check the year")
         reader_name = v.get("reader") or None
         if reader_name is not None and len(reader_name) > 64:
             problems.append("reader is longer than 64 characters")
@@ -142,6 +154,26 @@ def parse_truth_csv(path: Path) -> list[TruthRow]:
 
 def _chunks(items: Sequence[T]) -> list[Sequence[T]]:
     return [items[i : i + _BATCH] for i in range(0, len(items), _BATCH)]
+
+
+def _conflicts(path: Path, matched: Sequence[tuple[TruthRow, int]]) -> list[str]:
+    """Lines that give one read (study, reader, read time) two labels, each named with the line
+    that gave it first: rows naming the study by UID and by accession number are the same study."""
+    first: dict[tuple[int, str | None, datetime | None], TruthRow] = {}
+    out = []
+    for r, sid in matched:
+        seen = first.setdefault((sid, r.reader, r.read_at), r)
+        if seen.label != r.label:
+            study = f"study_uid {r.study_uid}" if r.study_uid else f"accession_number {r.accession_number!r}"
+            read = (
+                f"reader {r.reader or '(none)'}, read_at {r.read_at.isoformat() if r.read_at else '(none)'}"
+            )
+            out.append(
+                f"{path} lines {seen.line} and {r.line}: the same read of {study} ({read}) has label "
+                f"{int(seen.label)} on line {seen.line} and {int(r.label)} on line {r.line}; "
+                "keep the right one, or give each read its reader and read_at"
+            )
+    return out
 
 
 def import_ground_truth(store: Store, path: Path, *, dry_run: bool = False) -> ImportReport:
@@ -185,6 +217,7 @@ def import_ground_truth(store: Store, path: Path, *, dry_run: bool = False) -> I
                     continue
                 sid = ids[0]
             matched.append((r, sid))
+        errors += _conflicts(path, matched)
         if errors:
             raise GroundTruthError(
                 f"{len(errors)} bad line(s), nothing imported:\n" + "\n".join(errors[:_MAX_ERRORS])

@@ -1,6 +1,8 @@
 """Prometheus ``/metrics`` for the whole deployment, read from SQL at scrape time.
 
-``dicomnode serve`` starts :func:`start_metrics_server` on ``DICOMNODE_METRICS_PORT``. Every
+``dicomnode serve`` starts :func:`start_metrics_server` on ``DICOMNODE_METRICS_HOST`` (127.0.0.1
+unless set: the endpoint has no authentication and every scrape runs SQL) and
+``DICOMNODE_METRICS_PORT``. Every
 number comes from the shared database (and Redis for the queue), so one scrape covers the node
 and every Celery worker process, wherever they run:
 
@@ -313,8 +315,14 @@ class MetricsServer:
         return int(self.httpd.server_address[1])
 
     @property
+    def host(self) -> str:
+        """The address the server is bound to."""
+        return str(self.httpd.server_address[0])
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
 
     def stop(self) -> None:
         """Stop serving and close the server socket and the Redis connection."""
@@ -325,15 +333,18 @@ class MetricsServer:
 
 
 def start_metrics_server(settings: Settings, store: Store, *, port: int | None = None) -> MetricsServer:
-    """Serve ``/metrics`` on ``port`` (default ``settings.metrics_port``; 0 picks a free one) in a
-    background thread, reading ``store`` at every scrape. ``dicomnode serve`` calls this."""
+    """Serve ``/metrics`` on ``settings.metrics_host`` and ``port`` (default ``settings.metrics_port``;
+    0 picks a free one) in a background thread, reading ``store`` at every scrape. ``dicomnode serve``
+    calls this."""
     collector = SqlCollector(settings, store)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     bind = settings.metrics_port if port is None else port
-    httpd, thread = start_http_server(bind, addr=settings.host, registry=registry)
+    httpd, thread = start_http_server(bind, addr=settings.metrics_host, registry=registry)
     server = MetricsServer(httpd, thread, collector)
-    log.info("metrics.started", port=server.port, window_seconds=collector.window.total_seconds())
+    log.info(
+        "metrics.started", host=server.host, port=server.port, window_seconds=collector.window.total_seconds()
+    )
     return server
 
 

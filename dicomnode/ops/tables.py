@@ -1,5 +1,13 @@
 """Typed rows (dataclasses) printed as an aligned table, CSV or JSON: the output of
-``dicomnode audit`` and ``dicomnode monitor``."""
+``dicomnode audit`` and ``dicomnode monitor``; :func:`render_csv` is the one CSV writer of
+``dicomnode`` (the worklist uses it too).
+
+CSV files get opened in spreadsheets, and a cell such as ``=HYPERLINK(...)`` would run there as a
+formula. Its text comes from senders (calling AE titles, accession numbers), so every text cell
+that a spreadsheet would read as a formula is written with a leading ``'`` (OWASP, "CSV
+Injection"); a reader that wants the raw value drops a leading ``'`` before one of
+:data:`FORMULA_START`.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +16,31 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 FORMATS = ("table", "csv", "json")
+#: first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` made safe for a spreadsheet: text starting with one of :data:`FORMULA_START` gets a
+    leading ``'``; numbers and everything else are left alone."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def render_csv(rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str]) -> str:
+    """A header and one line per row; lists and dicts as JSON, text cells escaped (:func:`csv_cell`)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: csv_cell(json.dumps(v) if isinstance(v, dict | list) else v) for k, v in row.items()})
+    return buf.getvalue()
 
 
 def _plain(value: Any) -> Any:
@@ -62,14 +90,9 @@ def render_rows(rows: Sequence[Any], fmt: str, *, columns: Sequence[str] | None 
     if fmt == "json":
         return json.dumps(row_dicts(rows), indent=1)
     if fmt == "csv":
-        buf = io.StringIO()
-        if rows:
-            fields = [f.name for f in dataclasses.fields(rows[0])]
-            w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-            w.writeheader()
-            for d in row_dicts(rows):
-                w.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in d.items()})
-        return buf.getvalue()
+        if not rows:
+            return ""
+        return render_csv(row_dicts(rows), [f.name for f in dataclasses.fields(rows[0])])
     if not rows:
         return "(no rows)"
     names, cells = table_cells(rows, columns)
@@ -90,4 +113,4 @@ def _is_number(value: Any) -> bool:
     return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
-__all__ = ["FORMATS", "render_rows", "row_dicts", "table_cells"]
+__all__ = ["FORMATS", "FORMULA_START", "csv_cell", "render_csv", "render_rows", "row_dicts", "table_cells"]

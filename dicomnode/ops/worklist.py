@@ -6,13 +6,12 @@ gathers entries and renders them as a table, JSON or CSV.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dicomnode.ops.tables import render_csv
 from dicomnode.results import Priority, RankedEntry, WorklistEntry, read_sr
 from dicomnode.store.db import Store
 from dicomnode.store.models import Study, StudyState
@@ -80,12 +79,8 @@ def render(ranked: list[RankedEntry], fmt: str) -> str:
     rows = _rows(ranked)
     if fmt == "json":
         return json.dumps(rows, indent=1)
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["rank"], lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        return buf.getvalue()
+    if fmt == "csv":  # the accession number comes from the sender: escaped like every CSV cell
+        return render_csv(rows, list(rows[0]) if rows else ["rank"])
     lines = [f"{'#':>3} {'reason':<8} {'prob':>6} {'waited':>8}  study UID"]
     for r in rows:
         prob = "-" if r["probability"] is None else f"{r['probability']:.3f}"

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+#: Files and folders the node writes hold patient data (names, IDs, images): owner only, whatever
+#: the umask. Received instances are created 0600 as well (:mod:`dicomnode.storage.incoming`).
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
 @dataclass(frozen=True)
@@ -26,15 +31,16 @@ class StoredFile:
 
 
 def _make_dirs(path: Path, *, sync: bool) -> None:
-    """Create ``path`` and missing parents; with ``sync``, each new folder's entry in its parent
-    is made durable too (fsync of the parent), or a power cut could lose a whole new series."""
+    """Create ``path`` and missing parents (owner only, :data:`DIR_MODE`); with ``sync``, each new
+    folder's entry in its parent is made durable too (fsync of the parent), or a power cut could
+    lose a whole new series."""
     missing = []
     while not path.is_dir():
         missing.append(path)
         path = path.parent
     for folder in reversed(missing):
         try:
-            folder.mkdir()
+            folder.mkdir(mode=DIR_MODE)
         except FileExistsError:  # another association made it a moment ago
             continue
         if sync:
@@ -50,14 +56,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes | memoryview, *, sync: bool = True) -> StoredFile:
-    """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync the folder.
+    """Write ``data`` to ``path`` durably (owner only, :data:`FILE_MODE`): temp file, fsync, rename,
+    fsync the folder.
 
     ``sync=False`` skips both fsyncs (the file is whole after a process crash, not after a power cut)."""
     _make_dirs(path.parent, sync=sync)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}{TMP_SUFFIX}")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with open(tmp, "wb") as fh:
+        with open(os.open(tmp, _NEW_FILE, FILE_MODE), "wb") as fh:
             fh.write(data)
             fh.flush()
             if sync:
@@ -95,7 +102,8 @@ def move_atomic(src: Path, path: Path, *, sync: bool = True) -> StoredFile:
     except OSError:  # another filesystem: copy to a temp file beside the target, then rename
         tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
         try:
-            shutil.copyfile(src, tmp)
+            with open(src, "rb") as fin, open(os.open(tmp, _NEW_FILE, FILE_MODE), "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
             if sync:
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())

@@ -1,28 +1,66 @@
-"""Engine, sessions and schema migrations (alembic) for the node's SQL store."""
+"""Engine, sessions and schema migrations (alembic) for the node's SQL store.
+
+The rows hold accession numbers and, in the SQLite file, everything the node records about a
+study, so the engines never print statement parameters into exception text (and so into logs),
+and a SQLite file and its folder are the node user's alone, like the received instances.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+#: A SQLite database and the folders made for it: owner only, whatever the umask.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: Files SQLite keeps beside the database.
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the SQLite file ``path`` (and missing folders) owner-only before SQLite opens it,
+    and take group and other access away from an existing one and its side files."""
+    missing = []
+    folder = path.parent
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(mode=DIR_MODE, exist_ok=True)
+    try:  # an empty file is an empty database; SQLite gives its -wal and -shm files the same mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
+    for p in (path, *(path.with_name(path.name + side) for side in _SQLITE_SIDE_FILES)):
+        try:
+            if p.stat().st_mode & 0o077:
+                p.chmod(FILE_MODE)
+        except OSError:  # absent, or another user's file (a read-only audit): leave it as it is
+            continue
 
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL and a busy timeout so the SCP, the tracker and
-    in-process workers (threads or processes) can write concurrently."""
+    in-process workers (threads or processes) can write concurrently.
+
+    ``hide_parameters``: a failing statement's exception (and so a logged error) shows the SQL, not
+    the accession numbers and UIDs bound to it."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        path = make_url(url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite_file(Path(path))
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -33,7 +71,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def alembic_config(url: str) -> Any:
