@@ -64,6 +64,7 @@ class Settings:
     log_format: str = "console"  # console | json
     log_level: str = "info"
     metrics_port: int = 9108  # Prometheus /metrics of `dicomnode serve`; 0 disables it
+    metrics_host: str = "127.0.0.1"  # address /metrics listens on; 0.0.0.0 only for a remote scraper
     metrics_window_seconds: float = 3600.0  # analyses finished this long before start seed the histograms
     # --- receiving (SCP) ---
     allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE may associate
@@ -71,11 +72,19 @@ class Settings:
     tls_key: Path | None = None
     tls_ca: Path | None = None  # PEM CA bundle: when set, peers must present a certificate it signed
     max_associations: int = 10
-    acse_timeout_seconds: float = 30.0  # association negotiation / release
+    max_associations_per_peer: int = 8  # connections one IP address may hold open; more are closed; 0: no cap
+    acse_timeout_seconds: float = 30.0  # association negotiation (a total for the A-ASSOCIATE-RQ) / release
     dimse_timeout_seconds: float = 60.0  # waiting for a DIMSE message inside an association
-    network_timeout_seconds: float = 60.0  # silence on an open association before it is dropped
+    network_timeout_seconds: float = 60.0  # no complete DIMSE message this long: the association is aborted
     max_pdu_bytes: int = 1 << 20  # largest PDU we accept (0: unlimited, a whole image may arrive in one)
     duplicate_policy: str = "overwrite"  # overwrite | ignore: a SOP Instance UID already stored
+    #: Largest data set one C-STORE may send, in bytes (0: no limit). A larger one is refused with
+    #: 0xA700 as soon as it passes the limit, the rest drained and nothing kept, so one sender cannot
+    #: fill the disk. Default 2 GiB; e.g. 536870912 where only radiographs arrive.
+    max_dataset_bytes: int = 2 << 30
+    #: Free space, in bytes, the storage disk keeps: below it every new C-STORE is refused with
+    #: 0xA700 before its data set is written (0: off). Default 1 GiB; e.g. 10737418240 (10 GiB).
+    min_free_bytes: int = 1 << 30
     fsync: bool = True  # fsync files and folders before Success; false only for disposable nodes
     shutdown_grace_seconds: float = 30.0  # SIGTERM: how long open associations may finish
     extra: dict[str, Any] = field(default_factory=dict)
@@ -289,6 +298,11 @@ def _validate_receiving(s: Settings) -> None:
             raise ConfigError(f"DICOMNODE_{key}={str(path)!r}: no such file (a PEM file is expected)")
     if s.max_associations < 1:
         raise ConfigError(f"DICOMNODE_MAX_ASSOCIATIONS={s.max_associations}: must be >= 1")
+    if s.max_associations_per_peer < 0:
+        raise ConfigError(
+            f"DICOMNODE_MAX_ASSOCIATIONS_PER_PEER={s.max_associations_per_peer}: use 0 (no cap) or a "
+            "number of connections, e.g. 8"
+        )
     for key, v in (
         ("ACSE_TIMEOUT_SECONDS", s.acse_timeout_seconds),
         ("DIMSE_TIMEOUT_SECONDS", s.dimse_timeout_seconds),
@@ -302,6 +316,9 @@ def _validate_receiving(s: Settings) -> None:
         raise ConfigError(
             f"DICOMNODE_MAX_PDU_BYTES={s.max_pdu_bytes}: use 0 (unlimited) or 4096..2147483647, e.g. 1048576"
         )
+    for key, v in (("MAX_DATASET_BYTES", s.max_dataset_bytes), ("MIN_FREE_BYTES", s.min_free_bytes)):
+        if v < 0:
+            raise ConfigError(f"DICOMNODE_{key}={v}: use a number of bytes >= 0 (0 turns it off), e.g. 1073741824")
     if s.duplicate_policy not in DUPLICATE_POLICIES:
         raise ConfigError(
             f"DICOMNODE_DUPLICATE_POLICY={s.duplicate_policy!r}: use overwrite (replace the stored file) "

@@ -23,7 +23,7 @@ from dicomnode.receive.fingerprint import Fingerprinter
 from dicomnode.receive.handler import ReceivedInstance, StoreHandler
 from dicomnode.receive.rescan import RescanReport, rescan
 from dicomnode.receive.tracker import StudyTracker
-from dicomnode.storage import sweep_incoming, sweep_partial_writes
+from dicomnode.storage import DIR_MODE, sweep_incoming, sweep_partial_writes
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
 from dicomnode.store.queries import studies_awaiting_delivery, studies_in_state
@@ -83,7 +83,7 @@ class Node:
         """Migrate the store, reconcile after a restart, start tracker and SCP."""
         s = self.settings
         instances_dir = s.instances_dir.resolve()
-        instances_dir.mkdir(parents=True, exist_ok=True)
+        instances_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         swept = sweep_partial_writes(instances_dir) + sweep_incoming(self.incoming_dir)
         self.store = Store(s.effective_database_url)
         self.rescan_report = rescan(self.store, instances_dir)
@@ -102,7 +102,10 @@ class Node:
                 dimse_timeout=s.dimse_timeout_seconds,
                 network_timeout=s.network_timeout_seconds,
                 max_pdu_bytes=s.max_pdu_bytes,
+                max_associations_per_peer=s.max_associations_per_peer,
                 early_writeback=s.fsync,
+                max_dataset_bytes=s.max_dataset_bytes,
+                min_free_bytes=s.min_free_bytes,
             ),
             handler,
             incoming_dir=self.incoming_dir,

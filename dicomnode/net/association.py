@@ -9,11 +9,20 @@ the presentation contexts (``negotiate_unrestricted``, see :mod:`dicomnode.net.c
 Its life: TLS handshake (when the listener has a context), A-ASSOCIATE, P-DATA until A-RELEASE,
 A-ABORT or a timeout. Protocol violations end the association with an A-ABORT and one structured
 log line (UIDs and AE titles only); the listener itself keeps serving.
+
+What a peer can make it hold is bounded: until the association is accepted it reads into a small
+buffer and the whole A-ASSOCIATE-RQ must arrive within the ACSE timeout (a total, not per read);
+a PDU longer than the maximum we announced, a command set over
+:data:`~dicomnode.net.pdu.MAX_COMMAND_SET` or an A-RELEASE-RQ/A-ABORT of the wrong length is
+aborted from its header, unread. Between messages the next one must be complete within the network
+timeout of the last, however many empty PDUs arrive meanwhile; while a data set arrives each read
+has the DIMSE timeout, and empty PDUs or PDVs for the network timeout count as idle too.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -60,11 +69,14 @@ from dicomnode.net.pdu import (
     A_ASSOCIATE_RQ_TYPE,
     A_RELEASE_RP_PDU,
     A_RELEASE_RQ_TYPE,
+    HANDSHAKE_BUFFER,
     MAX_ASSOCIATE_RQ,
     MAX_COMMAND_SET,
     P_DATA_TF_TYPE,
     PDU_HEADER,
     PDV_HEADER,
+    READ_BUFFER,
+    RELEASE_ABORT_LENGTH,
     PeerGone,
     ProtocolError,
     SocketReader,
@@ -148,6 +160,8 @@ class Association(threading.Thread):
         self._command = bytearray()
         self._spare: tuple[int, str] | None = None
         self._bound: Any = log.bind(peer=peer)
+        #: when the current run of empty PDUs or PDVs inside a data set began
+        self._stalled_since: float | None = None
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -246,7 +260,8 @@ class Association(threading.Thread):
                 self._closed = True  # the context logged it and closed the socket
                 return False
         self.sock.settimeout(cfg.acse_timeout)
-        self.reader = SocketReader(self.sock)
+        self.reader = SocketReader(self.sock, HANDSHAKE_BUFFER)
+        self.reader.deadline = time.monotonic() + cfg.acse_timeout
         try:
             pdu_type, _, length = PDU_HEADER.unpack(self.reader.exact(6))
         except PeerGone:
@@ -320,6 +335,10 @@ class Association(threading.Thread):
         ac_pdu = A_ASSOCIATE_AC()
         ac_pdu.from_primitive(ac)
         self._send(ac_pdu.encode())
+        self.reader.grow(READ_BUFFER)
+        # the next DIMSE message must be complete by then: reads between messages and of a command
+        # set share this deadline (empty PDUs do not move it); _complete sets the next one
+        self.reader.deadline = time.monotonic() + cfg.network_timeout
         self.is_established = True
         self._bound.info("association.accepted", contexts=len(self._contexts))
         return True
@@ -337,12 +356,22 @@ class Association(threading.Thread):
     def _serve(self) -> None:
         cfg = self.listener.config
         reader = self.reader
+        max_pdu = cfg.max_pdu_bytes
         while True:
-            self.sock.settimeout(cfg.network_timeout if self._message is None else cfg.dimse_timeout)
             pdu_type, _, length = PDU_HEADER.unpack(reader.exact(6))
             if pdu_type == P_DATA_TF_TYPE:
-                self.sock.settimeout(cfg.dimse_timeout)
+                if max_pdu and length > max_pdu:
+                    raise ProtocolError(
+                        f"P-DATA-TF of {length} bytes, longer than the maximum PDU length we "
+                        f"negotiated ({max_pdu}, DICOMNODE_MAX_PDU_BYTES)"
+                    )
+                if not length:
+                    self._no_progress()
                 self._p_data(length)
+            elif pdu_type in (A_RELEASE_RQ_TYPE, A_ABORT_TYPE) and length != RELEASE_ABORT_LENGTH:
+                raise ProtocolError(
+                    f"PDU type 0x{pdu_type:02X} of {length} bytes (PS3.8 9.3.6, 9.3.8: always 4)"
+                )
             elif pdu_type == A_RELEASE_RQ_TYPE:
                 reader.exact(length)
                 self._send(A_RELEASE_RP_PDU)
@@ -352,7 +381,7 @@ class Association(threading.Thread):
                 self._close()
                 return
             elif pdu_type == A_ABORT_TYPE:
-                reader.exact(min(length, 64))
+                reader.exact(length)
                 self._bound.warning("association.aborted")
                 self._close()
                 return
@@ -378,16 +407,16 @@ class Association(threading.Thread):
             # message control header (PS3.8 E.2): bit 0 command (else data set), bit 1 last fragment
             last = bool(control & 0x02)
             if control & 0x01:
-                self._command_fragment(context_id, reader.exact(data_len), last)
+                self._command_fragment(context_id, data_len, last)
             else:
                 self._data_fragment(context_id, data_len, last)
 
-    def _command_fragment(self, context_id: int, data: bytes, last: bool) -> None:
+    def _command_fragment(self, context_id: int, data_len: int, last: bool) -> None:
         if self._message is not None:
             raise ProtocolError("a command set arrived before the previous data set was complete")
-        self._command += data
-        if len(self._command) > MAX_COMMAND_SET:
-            raise ProtocolError("command set too long")
+        if len(self._command) + data_len > MAX_COMMAND_SET:  # refused before it is read
+            raise ProtocolError(f"command set longer than {MAX_COMMAND_SET} bytes")
+        self._command += self.reader.exact(data_len)
         if not last:
             return
         values = decode_command(bytes(self._command))
@@ -417,14 +446,29 @@ class Association(threading.Thread):
             if not msg.sop_instance:
                 raise ProtocolError("C-STORE-RQ without Affected SOP Instance UID")
             cx = self._contexts[context_id]
+            cfg = self.listener.config
             try:
                 meta = encode_file_meta(
                     msg.sop_class, msg.sop_instance, str(cx.transfer_syntax[0]), self.calling_ae
                 )
-                spare, self._spare = self._spare, None
-                msg.incoming = IncomingFile(
-                    self.listener.incoming_dir, meta, self.listener.config.early_writeback, spare
-                )
+                if cfg.min_free_bytes and shutil.disk_usage(self.listener.incoming_dir).free < cfg.min_free_bytes:
+                    # refused before any of it is written: the data set that follows is drained
+                    self._bound.error(
+                        "store.refused",
+                        reason="free disk space below DICOMNODE_MIN_FREE_BYTES",
+                        sop_instance_uid=msg.sop_instance,
+                        status=status.OUT_OF_RESOURCES,
+                    )
+                    msg.refuse = status.OUT_OF_RESOURCES
+                else:
+                    spare, self._spare = self._spare, None
+                    msg.incoming = IncomingFile(
+                        self.listener.incoming_dir,
+                        meta,
+                        cfg.early_writeback,
+                        spare,
+                        max_bytes=cfg.max_dataset_bytes,
+                    )
             except (ValueError, TypeError) as exc:  # UIDs that cannot go into a file meta
                 self._bound.warning(
                     "store.refused",
@@ -433,14 +477,30 @@ class Association(threading.Thread):
                     status=status.CANNOT_UNDERSTAND,
                 )
                 msg.refuse = status.CANNOT_UNDERSTAND
+            except OSError as exc:  # no receive file (disk or inodes full): the sender retries later
+                self._bound.error(
+                    "store.refused",
+                    reason="cannot create the receive file",
+                    error=type(exc).__name__,
+                    status=status.OUT_OF_RESOURCES,
+                )
+                msg.refuse = status.OUT_OF_RESOURCES
         self._message = msg
         if not msg.has_data_set:
             self._complete()
+        else:  # a data set may take long to arrive: each read has the DIMSE timeout, not a total
+            self.reader.deadline = None
+            self._stalled_since = None
+            self.sock.settimeout(self.listener.config.dimse_timeout)
 
     def _data_fragment(self, context_id: int, data_len: int, last: bool) -> None:
         msg = self._message
         if msg is None or not msg.has_data_set or context_id != msg.context_id:
             raise ProtocolError("data set fragment without its command set")
+        if not data_len:
+            self._no_progress()
+        elif self._stalled_since is not None:
+            self._stalled_since = None
         if msg.incoming is not None:
             self.reader.pipe(data_len, msg.incoming.write)
         else:  # a data set we do not keep (refused up front, or not a C-STORE)
@@ -470,6 +530,7 @@ class Association(threading.Thread):
                 status.UNRECOGNISED_OPERATION,
             )
         self._message = None
+        self.reader.deadline = time.monotonic() + self.listener.config.network_timeout
         self._send(encode_p_data(msg.context_id, rsp, self._peer_max_pdu))
         if msg.command == C_STORE_RQ and self._spare is None:
             # the next instance's file, made while the sender reads our response and sends again
@@ -479,10 +540,30 @@ class Association(threading.Thread):
             except OSError:
                 pass  # the next C-STORE makes its own and reports what is wrong
 
+    def _no_progress(self) -> None:
+        """An empty P-DATA-TF or PDV: a peer sending only these for the network timeout is idle
+        (between messages the idle deadline already covers it)."""
+        if self._message is None:
+            return
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since > self.listener.config.network_timeout:
+            raise PeerGone("timeout")
+
     def _store(self, msg: _Message) -> int:
         incoming = msg.incoming
         if incoming is None:
             return msg.refuse if msg.refuse is not None else status.CANNOT_UNDERSTAND
+        if incoming.refused is not None:  # disk full or too large: deleted, the rest was drained
+            self._bound.error(
+                "store.refused",
+                reason=incoming.refused,
+                sop_instance_uid=msg.sop_instance,
+                bytes=incoming.received,
+                status=status.OUT_OF_RESOURCES,
+            )
+            return status.OUT_OF_RESOURCES
         incoming.close()
         cx = self._contexts[msg.context_id]
         req = StoreRequest(

@@ -6,18 +6,57 @@ each received C-STORE to its callback as a :class:`dicomnode.net.association.Sto
 node answers associations itself rather than through pynetdicom's AE server, whose hand-over of
 every message between threads and small socket reads cost most of the receive rate
 (docs/sizing.md, "Where the time went before").
+
+Floods are bounded before any thread starts: one source address holds at most
+``max_associations_per_peer`` connections (negotiating or established); a connection beyond that
+is closed in the accept loop, without a thread, a buffer or an A-ASSOCIATE-RJ (reading the request
+to reject it is what a flood costs). When the process runs out of file descriptors the accept
+loop backs off instead of spinning, and says so once per burst.
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from dicomnode.net.association import Association, StoreCallback
 from dicomnode.net.contexts import supported_contexts
+from dicomnode.storage import DIR_MODE
+
+log = structlog.get_logger("dicomnode.scp")
+
+#: accept() errors that mean the process or the system is out of something; retrying at once
+#: only spins a core, since the pending connection stays queued.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: How long the accept loop waits after such an error.
+_ACCEPT_BACKOFF = 0.1
+
+
+class _Burst:
+    """Counts a run of like events and says when to log: the first one, then at most once every
+    ``every`` seconds with how many happened since (a flood writes a few lines, not one per try)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last = -math.inf
+        self.count = 0
+
+    def hit(self) -> int | None:
+        """Count one event; the number to log now, or None to stay quiet."""
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return None
+        n, self.count, self.last = self.count, 0, now
+        return n
 
 
 @dataclass(frozen=True)
@@ -31,9 +70,15 @@ class ListenerConfig:
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     max_pdu_bytes: int = 1 << 20
+    #: connections one source address may hold open (negotiating or established); 0: no cap
+    max_associations_per_peer: int = 8
     #: start the disk writing a data set while it still arrives (Linux), so the fsync before
     #: Success has less left to do; only useful when the node fsyncs
     early_writeback: bool = True
+    #: a data set larger than this is refused with 0xA700 and not kept (0: no limit)
+    max_dataset_bytes: int = 0
+    #: below this much free space in the incoming folder a C-STORE is refused with 0xA700 at once
+    min_free_bytes: int = 0
 
 
 class Listener:
@@ -55,6 +100,9 @@ class Listener:
         self._lock = threading.Lock()
         self._open: set[Association] = set()
         self._established: set[Association] = set()
+        self._per_peer: dict[str, int] = {}
+        self._refused = _Burst()
+        self._starved = _Burst()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -73,7 +121,7 @@ class Listener:
             return list(self._open)
 
     def start(self, host: str, port: int) -> None:
-        Path(self.incoming_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.incoming_dir).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,16 +139,60 @@ class Listener:
                 conn, addr = self._sock.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._back_off(exc)
+                continue
+            peer = str(addr[0])
+            cap = self.config.max_associations_per_peer
+            with self._lock:
+                held = self._per_peer.get(peer, 0)
+                if not cap or held < cap:
+                    self._per_peer[peer] = held + 1
+            if cap and held >= cap:
+                self._refuse(conn, peer, held)
                 continue
             conn.settimeout(None)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assoc = Association(self, conn, str(addr[0]))
+            assoc = Association(self, conn, peer)
             with self._lock:
                 self._open.add(assoc)
-            assoc.start()
+            try:
+                assoc.start()
+            except RuntimeError as exc:  # no thread to be had: the process is out of memory or tasks
+                self.forget(assoc)
+                conn.close()
+                self._back_off(exc)
+
+    def _refuse(self, conn: socket.socket, peer: str, held: int) -> None:
+        """Close a connection from a peer that already holds its share, before any thread or read."""
+        n = self._refused.hit()
+        if n is not None:
+            log.warning(
+                "connection.refused",
+                peer=peer,
+                reason="too many connections from this address",
+                open=held,
+                refused=n,
+                hint="the peer should reuse or close its associations; "
+                "or raise DICOMNODE_MAX_ASSOCIATIONS_PER_PEER",
+            )
+        conn.close()
+
+    def _back_off(self, exc: Exception) -> None:
+        n = self._starved.hit()
+        if n is not None:
+            code = getattr(exc, "errno", None)
+            log.error(
+                "listener.accept_failed",
+                error=errno.errorcode.get(code, type(exc).__name__) if code else type(exc).__name__,
+                failed=n,
+                hint="out of file descriptors, threads or memory: raise the open files limit "
+                "(ulimit -n, LimitNOFILE=) or lower DICOMNODE_MAX_ASSOCIATIONS / _PER_PEER",
+            )
+        self._stopping.wait(_ACCEPT_BACKOFF)
 
     def admit(self, assoc: Association) -> bool:
         """Count ``assoc`` as established if the association limit allows it."""
@@ -113,7 +205,13 @@ class Listener:
     def forget(self, assoc: Association) -> None:
         """``assoc`` has ended: it no longer counts against the limit."""
         with self._lock:
-            self._open.discard(assoc)
+            if assoc in self._open:
+                self._open.discard(assoc)
+                left = self._per_peer.get(assoc.peer, 1) - 1
+                if left > 0:
+                    self._per_peer[assoc.peer] = left
+                else:
+                    self._per_peer.pop(assoc.peer, None)
             self._established.discard(assoc)
 
     def shutdown(self) -> None:

@@ -4,6 +4,11 @@ pynetdicom decodes and encodes the association PDUs themselves (A-ASSOCIATE-RQ/A
 this module frames P-DATA and reads the socket. :class:`SocketReader` makes one blocking read per
 system call into one reusable buffer and hands the bytes on as views, so a data set fragment goes
 from the socket to its file without a copy.
+
+Nothing here allocates from a length field the peer wrote before that length is checked against a
+limit: the association PDU (:data:`MAX_ASSOCIATE_RQ`), the command set (:data:`MAX_COMMAND_SET`),
+A-RELEASE-RQ and A-ABORT (:data:`RELEASE_ABORT_LENGTH`), P-DATA-TF (the maximum PDU length we
+announced); data set fragments are streamed, never held whole.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +36,13 @@ A_RELEASE_RP_PDU = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 #: Association requests and command sets are small; a peer announcing more is not speaking DICOM.
 MAX_ASSOCIATE_RQ = 1 << 20
 MAX_COMMAND_SET = 1 << 16
-#: What one read from the socket may fill.
+#: A-RELEASE-RQ, A-RELEASE-RP and A-ABORT carry four bytes after the header (PS3.8 9.3.6-9.3.8).
+RELEASE_ABORT_LENGTH = 4
+#: What one read from the socket may fill, once an association is accepted.
 READ_BUFFER = 1 << 20
+#: The buffer of a connection still negotiating: a typical A-ASSOCIATE-RQ fits, and a peer that
+#: never gets past its AE title check never costs the node :data:`READ_BUFFER`.
+HANDSHAKE_BUFFER = 1 << 14
 
 
 class ProtocolError(Exception):
@@ -45,15 +56,36 @@ class PeerGone(Exception):
 class SocketReader:
     """Blocking reads from one socket into one reusable buffer: as many bytes per system call as
     the kernel has, handed out as views (no copy) or short ``bytes``. Raises :class:`PeerGone`
-    when the connection closes or a read times out."""
+    when the connection closes or a read times out.
 
-    def __init__(self, sock: socket.socket) -> None:
+    ``deadline`` (a :func:`time.monotonic` time, or None) bounds every read until it is cleared as
+    a total, not per read: a peer sending one byte just inside the socket timeout cannot hold the
+    connection past it. The socket timeout is left at what remained; whoever clears ``deadline``
+    sets the socket timeout it wants next."""
+
+    def __init__(self, sock: socket.socket, size: int = READ_BUFFER) -> None:
         self.sock = sock
-        self.buf = bytearray(READ_BUFFER)
+        self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.start = self.end = 0
+        self.deadline: float | None = None
+
+    def grow(self, size: int) -> None:
+        """Read into a buffer of ``size`` bytes from now on, keeping what is unread."""
+        if size <= len(self.buf):
+            return
+        buf = bytearray(size)
+        tail = self.end - self.start
+        buf[:tail] = self.view[self.start : self.end]
+        self.buf, self.view = buf, memoryview(buf)
+        self.start, self.end = 0, tail
 
     def _fill(self) -> None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise PeerGone("timeout")
+            self.sock.settimeout(left)
         if self.start == self.end:
             self.start = self.end = 0
         elif self.end == len(self.buf):  # keep the unread tail, make room behind it
@@ -110,12 +142,14 @@ __all__ = [
     "A_ASSOCIATE_RQ_TYPE",
     "A_RELEASE_RP_PDU",
     "A_RELEASE_RQ_TYPE",
+    "HANDSHAKE_BUFFER",
     "MAX_ASSOCIATE_RQ",
     "MAX_COMMAND_SET",
     "PDU_HEADER",
     "PDV_HEADER",
     "P_DATA_TF_TYPE",
     "READ_BUFFER",
+    "RELEASE_ABORT_LENGTH",
     "PeerGone",
     "ProtocolError",
     "SocketReader",

@@ -6,6 +6,19 @@ instance is on disk (fsynced, renamed into place) and recorded in SQL. Only the 
 Series Instance UID is parsed (:mod:`dicomnode.receive.header`). Every refusal is a named status
 from :mod:`dicomnode.net.status` plus a log line with UIDs only.
 
+Sloppy headers (docs/pacs-integration.md, "Sloppy headers"): a modality's real study must not be
+lost over a careless value, and no value may be answered Success and then fail its SQL row (the
+study would never be analysed, and PostgreSQL and SQLite would disagree on what fails). So:
+
+- a UID (SOP Class, SOP Instance, Study, Series) loses its trailing NUL (or space) padding and must
+  then be a valid UID, digits and dots, at most 64 characters
+  (:func:`dicomnode.storage.normalise_uid`); otherwise the instance is refused with 0xC210
+  (cannot understand), and 0xA900 when it differs from the request's;
+- a free-text value SQL cannot hold (an Accession Number or Modality over its 16 characters, or
+  one with a NUL) is recorded as NULL; the instance is stored as sent, and an
+  ``instance.header_value_dropped`` event and a log line name the attribute, never the value
+  (:func:`dicomnode.store.records.fit_to_columns`).
+
 Access (PS3.7 D.3.3.2, PS3.15 B.1) is enforced before this, by the listener: the called AE title
 must be ours; with an allow list only the listed calling AE titles may associate; with a
 certificate the port speaks TLS only (:mod:`dicomnode.net.tls`).
@@ -27,7 +40,7 @@ from dicomnode.receive.recorder import InstanceRecorder
 from dicomnode.storage import UnsafeUIDError, instance_path, move_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.queries import instance_path_of
-from dicomnode.store.records import InstanceOutcome, InstanceRecord, add_event
+from dicomnode.store.records import InstanceOutcome, InstanceRecord, add_event, fit_to_columns
 
 log = structlog.get_logger("dicomnode.scp")
 
@@ -132,7 +145,7 @@ class StoreHandler:
         except OSError as exc:
             bound.error("store.write_failed", error=str(exc)[:200], status=status.OUT_OF_RESOURCES)
             return status.OUT_OF_RESOURCES
-        queued = self.recorder.submit(
+        rec = fit_to_columns(
             InstanceRecord(
                 study_uid=hdr.study_uid,
                 series_uid=hdr.series_uid,
@@ -147,7 +160,9 @@ class StoreHandler:
                 accession_number=hdr.accession_number,
             )
         )
-        if not queued:
+        if rec.dropped:
+            bound.warning("store.header_value_dropped", attributes=list(rec.dropped), detail="stored as NULL")
+        if not self.recorder.submit(rec):
             # The file is whole but unrecorded; the start-up rescan records it, and a re-send
             # overwrites it. The sender must retry, so we do not claim success.
             bound.error("store.record_backlog_full", status=status.OUT_OF_RESOURCES)

@@ -15,8 +15,11 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset, read_partial
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
+
+from dicomnode.storage import normalise_uid
 
 #: Attributes that name the stored file and its row: each must be present and encoded as UI.
 _UID_TAGS: dict[str, int] = {
@@ -78,8 +81,9 @@ def _uid(ds: Dataset, keyword: str, tag: int) -> str:
 
     Straight from the raw bytes as pydicom read them: ``convert_UI`` less the :class:`UID` object
     and its validation regex, a large share of the header parse on every C-STORE (docs/sizing.md).
-    UIDs are checked once more, strictly, before they name a file
-    (:func:`dicomnode.storage.instance_path`)."""
+    Padding is removed and the UID checked by the node's one UID rule
+    (:func:`dicomnode.storage.normalise_uid`): raises UnsafeUIDError (a ValueError) when it is not a
+    valid UID, so the file, its SQL row and its results folder always agree on it."""
     elem = ds.get_item(tag)
     if elem is None:
         raise KeyError(keyword)
@@ -87,11 +91,23 @@ def _uid(ds: Dataset, keyword: str, tag: int) -> str:
     # know the tag, which pydicom reads as UI too (config.replace_un_with_known_vr). Any other VR
     # takes pydicom's path below, which names what is wrong with it.
     if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.VR in (None, "UI", "UN"):
-        return elem.value.decode("latin-1").rstrip("\0 ")
+        return normalise_uid(elem.value.decode("latin-1"), keyword)
     vr = ds[keyword].VR  # NotImplementedError for a VR that does not exist
     if vr != "UI":
         raise ValueError(f"{keyword} is encoded with VR {vr}, not UI")
-    return str(ds[keyword].value)
+    return normalise_uid(str(ds[keyword].value), keyword)
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """A short text attribute (Modality, Accession Number) as sent, all values joined with ``\\``
+    as they were encoded; None when absent or empty. Not checked here: what SQL cannot hold is
+    dropped, and said so, when the row is made (:func:`dicomnode.store.records.fit_to_columns`)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v) for v in value) or None
+    return str(value) or None
 
 
 def _header_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
@@ -107,8 +123,8 @@ def _header_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
         series_uid=uids["SeriesInstanceUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
-        modality=str(ds.get("Modality", "") or "") or None,
-        accession_number=str(ds.get("AccessionNumber", "") or "") or None,
+        modality=_text(ds, "Modality"),
+        accession_number=_text(ds, "AccessionNumber"),
         transfer_syntax_uid=transfer_syntax_uid,
     )
 

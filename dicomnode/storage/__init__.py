@@ -7,6 +7,7 @@ both build on it.
 from __future__ import annotations
 
 from dicomnode.storage.durable import (
+    DIR_MODE,
     TMP_SUFFIX,
     StoredFile,
     move_atomic,
@@ -22,9 +23,10 @@ from dicomnode.storage.incoming import (
     create_incoming_file,
     sweep_incoming,
 )
-from dicomnode.storage.layout import UnsafeUIDError, instance_path, stored_files
+from dicomnode.storage.layout import UnsafeUIDError, instance_path, normalise_uid, stored_files
 
 __all__ = [
+    "DIR_MODE",
     "HEAD_BYTES",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
@@ -37,6 +39,7 @@ __all__ = [
     "encode_file_meta",
     "instance_path",
     "move_atomic",
+    "normalise_uid",
     "sha256_of",
     "stored_files",
     "sweep_incoming",

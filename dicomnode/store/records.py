@@ -5,7 +5,7 @@ Each function takes a :class:`~dicomnode.store.db.Store` and commits its own tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -38,6 +38,39 @@ class InstanceRecord:
     sha256: str | None
     calling_ae: str | None
     accession_number: str | None = None
+    #: header attributes whose value SQL could not hold, stored as NULL (:func:`fit_to_columns`)
+    dropped: tuple[str, ...] = ()
+
+
+#: The free-text header values of a record, each with the SQL column that holds it. A value its
+#: column cannot hold (too long, or with a NUL, which PostgreSQL refuses in any text) would fail
+#: the row on one database and not another, after the sender was told Success.
+_TEXT_COLUMNS = {
+    "modality": ("Modality", Instance.__table__.c.modality),
+    "accession_number": ("AccessionNumber", Study.__table__.c.accession_number),
+    "calling_ae": ("CallingAETitle", Instance.__table__.c.calling_ae),
+}
+
+
+def fit_to_columns(rec: InstanceRecord) -> InstanceRecord:
+    """``rec`` with every free-text value its SQL column cannot hold set to None, the attribute
+    names added to :attr:`InstanceRecord.dropped` (the value itself is never logged or recorded).
+
+    NULL rather than a truncated value: a cut Accession Number could name another patient's
+    study. The instance itself is kept as sent. UIDs are not touched here: the header parse
+    refuses one that is not valid (:func:`dicomnode.storage.normalise_uid`)."""
+    changes: dict[str, Any] = {}
+    for field_name, (attribute, column) in _TEXT_COLUMNS.items():
+        value = getattr(rec, field_name)
+        if value is None:
+            continue
+        length = getattr(column.type, "length", None)
+        if "\x00" in value or (length is not None and len(value) > length):
+            changes[field_name] = None
+            changes.setdefault("dropped", rec.dropped)
+            if attribute not in changes["dropped"]:
+                changes["dropped"] += (attribute,)
+    return replace(rec, **changes) if changes else rec
 
 
 @dataclass(frozen=True)
@@ -87,7 +120,9 @@ def record_instances(store: Store, recs: list[InstanceRecord]) -> list[InstanceO
     handful of statements whatever the batch size: one SELECT of the studies, one of the
     instances, one INSERT per new study, one multi-row INSERT and one UPDATE per study.
     Duplicates and re-opened studies take the one-at-a-time path."""
+    recs = [fit_to_columns(r) for r in recs]
     with store.engine.begin() as conn:
+        _record_dropped_values(conn, recs)
         uids = [r.sop_instance_uid for r in recs]
         if len(recs) == 1 or len(set(uids)) != len(uids):  # the same instance twice: in order
             return [_record_instance_in(conn, rec) for rec in recs]
@@ -143,8 +178,27 @@ def record_instances(store: Store, recs: list[InstanceRecord]) -> list[InstanceO
 
 
 def _record_instance(store: Store, rec: InstanceRecord) -> InstanceOutcome:
+    rec = fit_to_columns(rec)
     with store.engine.begin() as conn:
+        _record_dropped_values(conn, [rec])
         return _record_instance_in(conn, rec)
+
+
+def _record_dropped_values(conn: Connection, recs: list[InstanceRecord]) -> None:
+    """One ``instance.header_value_dropped`` event per record whose values SQL could not hold,
+    in the transaction of its row: the attribute names only, never the values."""
+    rows = [
+        dict(
+            at=utcnow(),
+            kind="instance.header_value_dropped",
+            study_uid=r.study_uid,
+            detail={"sop_instance_uid": r.sop_instance_uid, "attributes": list(r.dropped)},
+        )
+        for r in recs
+        if r.dropped
+    ]
+    if rows:
+        conn.execute(insert(_EVENTS), rows)
 
 
 def _insert_study(conn: Connection, rec: InstanceRecord, now: datetime) -> int:
