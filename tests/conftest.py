@@ -12,9 +12,11 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import structlog.testing
 
 from dicomnode.config import Destination, Settings
 from dicomnode.logconfig import configure_logging
@@ -54,6 +56,13 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if cache and Path(cache).is_file():
         return Path(cache)
     return ensure_demo_model(tmp_path_factory.mktemp("model") / "pneumonia-demo.onnx")
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, Any]]]:
+    """The structlog events the test's code logs (``event`` plus its fields)."""
+    with structlog.testing.capture_logs() as captured:
+        yield captured
 
 
 @pytest.fixture

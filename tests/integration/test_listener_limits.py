@@ -18,12 +18,11 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
@@ -48,24 +47,13 @@ from dicomnode.net.dimse import (
     encode_command,
 )
 from dicomnode.node import Node
+from tests.integration.test_listener_protocol import _node
 from tests.support import echo_ok, wait_until
 
 MiB = 1 << 20
 #: A probe that made the node hold what the peer announced (256 MiB) would pass this by far.
 MEMORY_BOUND = 64 * MiB
 ECHO_CONTEXT, STORE_CONTEXT = 1, 3
-
-
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
-
-
-def _node(tmp_path: Path, node_factory: Callable[[Settings], Node], **kw: Any) -> Node:
-    return node_factory(
-        Settings(host="127.0.0.1", port=0, storage_dir=tmp_path / "node", quiet_seconds=3600, **kw)
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,14 +7,12 @@ what was sent.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
-import pytest
-import structlog
 from pynetdicom import AE
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # type: ignore[attr-defined]
@@ -25,12 +23,6 @@ from dicomnode.node import Node
 from dicomnode.storage import IMPLEMENTATION_CLASS_UID
 from dicomnode.testing.phantoms import make_phantom
 from tests.support import echo_ok, wait_until
-
-
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 def _node(tmp_path: Path, node_factory: Callable[[Settings], Node], **kw: Any) -> Node:

@@ -12,13 +12,12 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import structlog
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
@@ -56,12 +55,6 @@ def _rejection(assoc: Any) -> tuple[int, int, int] | None:
         return None
     rj = assoc.acceptor.primitive
     return (rj.result, rj.result_source, rj.diagnostic)
-
-
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 def test_calling_ae_not_on_the_allow_list_is_rejected_and_logged(

@@ -8,14 +8,13 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
-import structlog
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomFileLike
@@ -46,12 +45,6 @@ def node(tmp_path: Path, node_factory: Callable[[Settings], Node]) -> Node:
             acse_timeout_seconds=3,
         )
     )
-
-
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 def _phantom(seed: int) -> Dataset:

@@ -7,13 +7,11 @@ nothing is written for them; afterwards the same sender is accepted again and ev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-import structlog
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
@@ -25,12 +23,6 @@ from dicomnode.store.queries import instance_by_sop_uid, study_instances
 from dicomnode.testing.phantoms import make_phantom
 from tests.conftest import PG_ADMIN_URL
 from tests.support import echo_ok, wait_until
-
-
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
-    with structlog.testing.capture_logs() as captured:
-        yield captured
 
 
 def _set_connections(db_url: str, allowed: bool) -> None:
