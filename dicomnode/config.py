@@ -34,9 +34,30 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    #: TLS to this peer (``?tls``, or any option below: :mod:`dicomnode.delivery.tls`)
+    tls: bool = False
+    tls_ca: Path | None = None  # ``ca=``: PEM CA(s) the peer's certificate must chain to
+    tls_cert: Path | None = None  # ``cert=``: our client certificate (PEM)
+    tls_key: Path | None = None  # ``key=``: its private key (PEM)
+    tls_server_name: str = ""  # ``name=``: the name the certificate must carry (default: host)
 
     def __str__(self) -> str:
+        """The destination's name in logs and SQL: ``AE@host:port``, TLS options left out."""
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+    def spec(self) -> str:
+        """The setting's form, TLS options included: parses back to this destination."""
+        opts = [
+            f"{name}={value}"
+            for name, value in (
+                ("ca", self.tls_ca),
+                ("cert", self.tls_cert),
+                ("key", self.tls_key),
+                ("name", self.tls_server_name),
+            )
+            if value
+        ]
+        return f"{self}?{'&'.join(opts or ['tls'])}" if self.tls else str(self)
 
 
 @dataclass(frozen=True)
@@ -55,12 +76,56 @@ class Settings:
     destinations: tuple[Destination, ...] = ()
     quiet_seconds: float = 5.0
     model: Path | None = None  # None: the bundled demo model under storage_dir
-    delivery_attempts: int = 8
+    #: Most delivery attempts per destination and analysis; 0 (the default): no count, the
+    #: window below decides. Set (e.g. 8, the old default) to give up sooner.
+    delivery_attempts: int = 0
     delivery_backoff_seconds: float = 2.0  # first retry delay; doubles each attempt
-    delivery_backoff_max_seconds: float = 60.0  # cap on one delay (8 attempts span about 3 minutes)
+    delivery_backoff_max_seconds: float = 300.0  # cap on one delay between attempts
+    #: How long a destination that does not take the results is retried, from the first attempt,
+    #: in seconds, before the study is DELIVERY_FAILED. Default 24 h (86400); e.g. 3600.
+    delivery_window_seconds: float = 86400.0
+    #: TCP connect timeout of one delivery association (a host that drops SYNs costs this).
+    delivery_connect_timeout_seconds: float = 10.0
+    #: Overall deadline of one delivery attempt (connect, negotiate, every C-STORE, release): the
+    #: association is aborted when it passes. Default 120 s; raise it for slow links and big results.
+    delivery_attempt_timeout_seconds: float = 120.0
+    #: Threads that deliver results in embedded mode, apart from the analysis thread.
+    delivery_threads: int = 2
+    #: Celery queue of the delivery tasks; empty: the analysis queue (``DICOMNODE_QUEUE``).
+    delivery_queue: str = ""
+    #: How often the node's reconciler looks for stranded studies and down destinations (0: off).
+    reconcile_interval_seconds: float = 10.0
+    #: A study handed on (complete, analysing) or a delivery round due this long ago without
+    #: progress is handed on again by the reconciler, exactly once per period. Default 120 s.
+    reconcile_after_seconds: float = 120.0
+    #: A study whose analysis was started this many times without finishing (its worker killed
+    #: each time) is marked failed instead of being analysed again; 0: no limit.
+    max_analysis_attempts: int = 3
+    #: Longest a study's hand-off to the broker may take (connection and publish retries), in
+    #: seconds; a study that could not be published stays COMPLETE for the reconciler.
+    publish_timeout_seconds: float = 5.0
     select_modalities: tuple[str, ...] = ("CR", "DX")
     select_body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "")
     select_views: tuple[str, ...] = ("PA", "AP", "")
+    #: Also read grey Secondary Capture images (converted or digitised radiographs, such as the NIH
+    #: ChestX-ray14 and RSNA challenge DICOMs) whose Modality, body part and view pass the rules
+    #: above. Default false: a hospital's modalities send CR/DX, and a capture's pixels went through
+    #: software the model card does not describe (dicomnode/model/selection.py). E.g. true.
+    select_secondary_capture: bool = False
+    #: Largest image the analysis decodes, in pixels: Rows x Columns x SamplesPerPixel x
+    #: NumberOfFrames as the header states them, checked before any decoding. A larger instance is
+    #: not analysed (the reason is recorded with the analysis). Default 50000000 (50 megapixels; a
+    #: 43 x 43 cm detector at 0.1 mm is 18.5); 0: no limit.
+    max_image_pixels: int = 50_000_000
+    #: Memory, in bytes, one decode may take: the worker decodes and preprocesses each image in a
+    #: child process whose address space is capped at its idle size plus this, so an image that
+    #: needs more fails alone, with a reason naming this setting, and the worker goes on. Decoding
+    #: takes about 25 bytes per pixel. Default 2 GiB (2147483648); 0: decode in the worker's own
+    #: process, without a cap (for debugging only).
+    decode_memory_bytes: int = 2 << 30
+    #: A decode still running after this many seconds is stopped (its process killed) and the
+    #: instance not analysed. Default 120.
+    decode_timeout_seconds: float = 120.0
     log_format: str = "console"  # console | json
     log_level: str = "info"
     metrics_port: int = 9108  # Prometheus /metrics of `dicomnode serve`; 0 disables it
@@ -71,8 +136,19 @@ class Settings:
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the SCP speaks TLS only
     tls_key: Path | None = None
     tls_ca: Path | None = None  # PEM CA bundle: when set, peers must present a certificate it signed
+    #: Client certificates tied to calling AE titles (needs DICOMNODE_TLS_CA): entries
+    #: ``<certificate subject CN>:<calling AE>``, comma-separated (or a TOML list), one per AE a
+    #: certificate may use, e.g. ``ct1.example.org:CT1,pacs.example.org:PACS``. When set, a peer may
+    #: only associate as an AE listed for its certificate's CN; others are rejected (A-ASSOCIATE-RJ,
+    #: calling AE not recognised). Empty (default): any certificate the CA signed, any calling AE.
+    tls_client_aes: tuple[str, ...] = ()
     max_associations: int = 10
     max_associations_per_peer: int = 8  # connections one IP address may hold open; more are closed; 0: no cap
+    #: Connections still negotiating (TCP accepted, no association yet), from all addresses together;
+    #: at the cap the oldest of them is closed to make room for the new one, so a flood of silent or
+    #: trickling connections cannot take every thread, and a peer that associates at once gets in.
+    #: Default 64; 0: no cap.
+    max_pending_connections: int = 64
     acse_timeout_seconds: float = 30.0  # association negotiation (a total for the A-ASSOCIATE-RQ) / release
     dimse_timeout_seconds: float = 60.0  # waiting for a DIMSE message inside an association
     network_timeout_seconds: float = 60.0  # no complete DIMSE message this long: the association is aborted
@@ -85,8 +161,19 @@ class Settings:
     #: Free space, in bytes, the storage disk keeps: below it every new C-STORE is refused with
     #: 0xA700 before its data set is written (0: off). Default 1 GiB; e.g. 10737418240 (10 GiB).
     min_free_bytes: int = 1 << 30
+    #: Largest size, in bytes, a deflated data set (Deflated Explicit VR Little Endian) may inflate
+    #: to: a larger one is refused with 0xA700 when it arrives, and never inflated whole by the
+    #: analysis (a deflate bomb is ~1 KiB per MiB). Default 512 MiB, room for any radiograph; 0: no limit.
+    max_inflated_bytes: int = 512 << 20
     fsync: bool = True  # fsync files and folders before Success; false only for disposable nodes
     shutdown_grace_seconds: float = 30.0  # SIGTERM: how long open associations may finish
+    #: Retention (dicomnode.ops.purge): days after delivery a study's received instances are
+    #: deleted, and days after they were built its result files are; 0 (the default): kept for
+    #: ever. SQL rows stay, marked purged. E.g. 30 and 90.
+    retention_instance_days: float = 0.0
+    retention_result_days: float = 0.0
+    #: How often ``serve`` purges what retention allows (seconds; 0: only ``dicomnode purge``).
+    purge_interval_seconds: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -108,7 +195,9 @@ class Settings:
         """The series selection rules in force."""
         from dicomnode.model.selection import SelectionRules
 
-        return SelectionRules(self.select_modalities, self.select_body_parts, self.select_views)
+        return SelectionRules(
+            self.select_modalities, self.select_body_parts, self.select_views, self.select_secondary_capture
+        )
 
     @property
     def instances_dir(self) -> Path:
@@ -133,7 +222,7 @@ class Settings:
             if f.name == "extra" or value is None:
                 continue
             if isinstance(value, tuple):
-                value = ",".join(str(v) if str(v) else "-" for v in value)
+                value = ",".join(v.spec() if isinstance(v, Destination) else (str(v) or "-") for v in value)
             elif isinstance(value, bool):
                 value = "true" if value else "false"
             env[ENV_PREFIX + f.name.upper()] = str(value)
@@ -145,11 +234,12 @@ class Settings:
 def parse_destinations(
     value: str | list[str], key: str = "DICOMNODE_DESTINATIONS"
 ) -> tuple[Destination, ...]:
-    """Parse ``AE@host:port`` entries (comma-separated string or list)."""
+    """Parse ``AE@host:port`` entries (comma-separated string or list), each optionally followed
+    by TLS options: ``?tls``, or ``?ca=/ca.pem&cert=/me.pem&key=/me.key&name=pacs.example.org``."""
     items = value if isinstance(value, list) else [v for v in value.split(",")]
     out = []
     for raw in items:
-        entry = raw.strip()
+        entry, _, query = raw.strip().partition("?")
         if not entry:
             continue
         m = _DEST_RE.match(entry)
@@ -161,11 +251,46 @@ def parse_destinations(
         ae = m["ae"].strip()
         if not _AE_RE.match(ae):
             raise ConfigError(f"{key} entry {entry!r}: AE title must be 1-16 printable characters")
-        out.append(Destination(ae, m["host"], port))
+        out.append(_with_tls(Destination(ae, m["host"], port), query, f"{key} entry {raw.strip()!r}"))
     return tuple(out)
 
 
+def _with_tls(dest: Destination, query: str, where: str) -> Destination:
+    """``dest`` with the TLS options of ``query`` (``tls``, ``ca=``, ``cert=``, ``key=``, ``name=``)."""
+    if not query:
+        return dest
+    paths: dict[str, Path] = {}
+    name = ""
+    for option in query.split("&"):
+        opt, eq, val = option.partition("=")
+        if opt == "tls" and not eq:
+            continue
+        if opt in ("ca", "cert", "key") and val:
+            if not Path(val).is_file():
+                raise ConfigError(f"{where}: {opt}={val!r}: no such file (a PEM file is expected)")
+            paths[opt] = Path(val)
+        elif opt == "name" and val:
+            name = val
+        else:
+            raise ConfigError(
+                f"{where}: unknown TLS option {option!r}; use tls, ca=<PEM>, cert=<PEM>, key=<PEM>, "
+                "name=<certificate name>, joined by &, e.g. PACS@pacs:2762?ca=/etc/dicomnode/pacs-ca.pem"
+            )
+    if ("cert" in paths) != ("key" in paths):
+        raise ConfigError(f"{where}: cert= and key= go together (the node's client certificate and its key)")
+    return replace(
+        dest,
+        tls=True,
+        tls_ca=paths.get("ca"),
+        tls_cert=paths.get("cert"),
+        tls_key=paths.get("key"),
+        tls_server_name=name,
+    )
+
+
 DUPLICATE_POLICIES = ("overwrite", "ignore")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("console", "json")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -190,6 +315,26 @@ def parse_ae_list(value: str | list[str], key: str = "DICOMNODE_ALLOWED_CALLING_
         if not _AE_RE.match(ae):
             raise ConfigError(f"{key} entry {ae!r}: an AE title is 1-16 printable characters, e.g. MODALITY1")
         out.append(ae)
+    return tuple(out)
+
+
+def parse_client_aes(value: str | list[str], key: str = "DICOMNODE_TLS_CLIENT_AES") -> tuple[str, ...]:
+    """``CN:AE`` entries, comma-separated (env) or a list (TOML), split at the last colon; the CN is
+    kept exactly as written (it is compared with the certificate's), the AE title checked."""
+    items = value if isinstance(value, list) else value.split(",")
+    out = []
+    for raw in items:
+        entry = str(raw).strip()
+        if not entry:
+            continue
+        cn, sep, ae = entry.rpartition(":")
+        cn, ae = cn.strip(), ae.strip()
+        if not sep or not cn or not _AE_RE.match(ae):
+            raise ConfigError(
+                f"{key} entry {entry!r} must be <certificate subject CN>:<calling AE title>, "
+                "e.g. ct1.example.org:CT1"
+            )
+        out.append(f"{cn}:{ae}")
     return tuple(out)
 
 
@@ -219,7 +364,10 @@ def _typed(kind: type) -> Callable[[str, Any], Any]:
 #: settings whose values need more than their type says (the others are parsed by type)
 _BY_NAME: dict[str, Callable[[str, Any], Any]] = {
     "allowed_calling_aes": lambda key, v: parse_ae_list(v, key),  # AE titles: case kept, checked
+    "tls_client_aes": lambda key, v: parse_client_aes(v, key),
     "duplicate_policy": lambda key, v: str(v).strip().lower(),
+    "log_level": lambda key, v: str(v).strip().lower(),  # INFO and info alike
+    "log_format": lambda key, v: str(v).strip().lower(),
 }
 _BY_TYPE: dict[Any, Callable[[str, Any], Any]] = {
     bool: _parse_bool,
@@ -262,8 +410,30 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError(f"DICOMNODE_QUIET_SECONDS={s.quiet_seconds}: must be >= 0")
     if s.task_time_limit <= 0 or s.visibility_timeout <= 0:
         raise ConfigError("DICOMNODE_TASK_TIME_LIMIT and DICOMNODE_VISIBILITY_TIMEOUT must be > 0")
-    if s.delivery_attempts < 1:
-        raise ConfigError(f"DICOMNODE_DELIVERY_ATTEMPTS={s.delivery_attempts}: must be >= 1")
+    if s.delivery_attempts < 0:
+        raise ConfigError(
+            f"DICOMNODE_DELIVERY_ATTEMPTS={s.delivery_attempts}: use 0 (retry for "
+            "DICOMNODE_DELIVERY_WINDOW_SECONDS) or a number of attempts >= 1"
+        )
+    for key, v in (
+        ("DELIVERY_WINDOW_SECONDS", s.delivery_window_seconds),
+        ("DELIVERY_CONNECT_TIMEOUT_SECONDS", s.delivery_connect_timeout_seconds),
+        ("DELIVERY_ATTEMPT_TIMEOUT_SECONDS", s.delivery_attempt_timeout_seconds),
+        ("RECONCILE_AFTER_SECONDS", s.reconcile_after_seconds),
+        ("PUBLISH_TIMEOUT_SECONDS", s.publish_timeout_seconds),
+    ):
+        if not v > 0:
+            raise ConfigError(f"DICOMNODE_{key}={v}: must be > 0 seconds")
+    if s.reconcile_interval_seconds < 0:
+        raise ConfigError(
+            f"DICOMNODE_RECONCILE_INTERVAL_SECONDS={s.reconcile_interval_seconds}: use seconds > 0, or 0 to turn it off"
+        )
+    if s.delivery_threads < 1:
+        raise ConfigError(f"DICOMNODE_DELIVERY_THREADS={s.delivery_threads}: must be >= 1")
+    if s.max_analysis_attempts < 0:
+        raise ConfigError(
+            f"DICOMNODE_MAX_ANALYSIS_ATTEMPTS={s.max_analysis_attempts}: use 0 (no limit) or a number >= 1, e.g. 3"
+        )
     if s.broker_url and not s.broker_url.startswith(("redis://", "rediss://", "amqp://", "memory://")):
         raise ConfigError(
             f"DICOMNODE_BROKER_URL={s.broker_url!r}: use a Celery broker URL such as "
@@ -275,12 +445,37 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError(
             f"DICOMNODE_METRICS_WINDOW_SECONDS={s.metrics_window_seconds}: must be > 0, e.g. 3600"
         )
-    if s.log_format not in ("console", "json"):
-        raise ConfigError(f"DICOMNODE_LOG_FORMAT={s.log_format!r}: use console or json")
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(f"DICOMNODE_LOG_FORMAT={s.log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError(f"DICOMNODE_LOG_LEVEL={s.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     if s.model is not None and s.model.suffix != ".onnx":
         raise ConfigError(f"DICOMNODE_MODEL={str(s.model)!r}: point it at an .onnx file")
+    for key, v in (
+        ("RETENTION_INSTANCE_DAYS", s.retention_instance_days),
+        ("RETENTION_RESULT_DAYS", s.retention_result_days),
+        ("PURGE_INTERVAL_SECONDS", s.purge_interval_seconds),
+    ):
+        if v < 0:
+            raise ConfigError(f"DICOMNODE_{key}={v}: use a number >= 0 (0 turns it off), e.g. 30")
+    _validate_decoding(s)
     _validate_receiving(s)
     return s
+
+
+def _validate_decoding(s: Settings) -> None:
+    if s.max_image_pixels < 0:
+        raise ConfigError(
+            f"DICOMNODE_MAX_IMAGE_PIXELS={s.max_image_pixels}: use a number of pixels, e.g. 50000000, "
+            "or 0 for no limit"
+        )
+    if s.decode_memory_bytes != 0 and s.decode_memory_bytes < 64 << 20:
+        raise ConfigError(
+            f"DICOMNODE_DECODE_MEMORY_BYTES={s.decode_memory_bytes}: use bytes, at least 67108864 "
+            "(64 MiB), e.g. 2147483648 (2 GiB), or 0 to decode in the worker's own process"
+        )
+    if not s.decode_timeout_seconds > 0:
+        raise ConfigError(f"DICOMNODE_DECODE_TIMEOUT_SECONDS={s.decode_timeout_seconds}: must be > 0 seconds")
 
 
 def _validate_receiving(s: Settings) -> None:
@@ -292,6 +487,11 @@ def _validate_receiving(s: Settings) -> None:
         raise ConfigError(
             "DICOMNODE_TLS_CA needs DICOMNODE_TLS_CERT and DICOMNODE_TLS_KEY: client "
             "certificates are only checked on a TLS port"
+        )
+    if s.tls_client_aes and s.tls_ca is None:
+        raise ConfigError(
+            "DICOMNODE_TLS_CLIENT_AES needs DICOMNODE_TLS_CA: calling AE titles are tied to client "
+            "certificates, which are only asked for with a CA to check them"
         )
     for key, path in (("TLS_CERT", s.tls_cert), ("TLS_KEY", s.tls_key), ("TLS_CA", s.tls_ca)):
         if path is not None and not path.is_file():
@@ -316,7 +516,16 @@ def _validate_receiving(s: Settings) -> None:
         raise ConfigError(
             f"DICOMNODE_MAX_PDU_BYTES={s.max_pdu_bytes}: use 0 (unlimited) or 4096..2147483647, e.g. 1048576"
         )
-    for key, v in (("MAX_DATASET_BYTES", s.max_dataset_bytes), ("MIN_FREE_BYTES", s.min_free_bytes)):
+    if s.max_pending_connections < 0:
+        raise ConfigError(
+            f"DICOMNODE_MAX_PENDING_CONNECTIONS={s.max_pending_connections}: use 0 (no cap) or a "
+            "number of connections, e.g. 64"
+        )
+    for key, v in (
+        ("MAX_DATASET_BYTES", s.max_dataset_bytes),
+        ("MIN_FREE_BYTES", s.min_free_bytes),
+        ("MAX_INFLATED_BYTES", s.max_inflated_bytes),
+    ):
         if v < 0:
             raise ConfigError(f"DICOMNODE_{key}={v}: use a number of bytes >= 0 (0 turns it off), e.g. 1073741824")
     if s.duplicate_policy not in DUPLICATE_POLICIES:

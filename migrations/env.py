@@ -23,8 +23,13 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    # hide_parameters as dicomnode.store.db's engines: a failing migration statement is logged
+    # with its SQL, never with the values (accession numbers, names) it was run with
     connectable = engine_from_config(
-        config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
+        config.get_section(config.config_ini_section, {}),
+        prefix="sqlalchemy.",
+        poolclass=pool.NullPool,
+        hide_parameters=True,
     )
     with connectable.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)

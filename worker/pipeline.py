@@ -8,6 +8,7 @@ delivery and its retries are :mod:`dicomnode.delivery`'s.
 
 from __future__ import annotations
 
+import functools
 import io
 import socket
 import time
@@ -22,16 +23,30 @@ import structlog
 from pydicom import Dataset
 
 from dicomnode.config import Settings
-from dicomnode.delivery import Defer, deliver_results, result_file
+from dicomnode.delivery import Defer, deliver_results, hand_off, result_file
+from dicomnode.delivery.revisions import predecessor_srs
 from dicomnode.model import PneumoniaModel
-from dicomnode.model.preprocess import preprocess
+from dicomnode.model.decode import (
+    DecodeError,
+    DecodeFailed,
+    DecodeLimits,
+    Decoder,
+    ImageRefused,
+    check_decode_bounds,
+)
 from dicomnode.model.selection import Decision, select
 from dicomnode.results import Finding, build_heatmap_sc, build_sr, changed_keywords, result_uids
-from dicomnode.storage import write_atomic
+from dicomnode.results.render import MAX_SIDE
+from dicomnode.storage import is_deflated, read_file_meta, read_instance, write_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
 from dicomnode.store.queries import latest_analysis, study_instances, study_state
-from dicomnode.store.records import set_study_state, start_analysis, update_analysis
+from dicomnode.store.records import (
+    AnalysisAttemptsExhausted,
+    set_study_state,
+    start_analysis,
+    update_analysis,
+)
 
 log = structlog.get_logger("worker.pipeline")
 
@@ -65,6 +80,15 @@ class Pipeline:
         self.store = store
         self.model = model
         self.defer = defer
+        #: decodes and preprocesses in a memory-limited child process (dicomnode.model.decode)
+        self.decoder = Decoder(
+            DecodeLimits.from_settings(settings),
+            reader=functools.partial(read_instance, max_inflated_bytes=settings.max_inflated_bytes),
+        )
+
+    def close(self) -> None:
+        """Stop the decoding process (a later study starts another)."""
+        self.decoder.close()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -90,14 +114,19 @@ class Pipeline:
             )
         card = self.model.card
         bound = log.bind(study_uid=study_uid, model_version=card.version)
-        analysis_id = start_analysis(
-            self.store,
-            study_uid,
-            model_name=card.name,
-            model_version=card.version,
-            queued_at=queued_at,
-            execution=execution,
-        )
+        try:  # counts the attempt; a study that killed every worker before fails here instead
+            analysis_id = start_analysis(
+                self.store,
+                study_uid,
+                model_name=card.name,
+                model_version=card.version,
+                queued_at=queued_at,
+                execution=execution,
+                max_attempts=self.settings.max_analysis_attempts,
+            )
+        except AnalysisAttemptsExhausted as exc:
+            bound.error("study.failed", reason=str(exc))
+            return StudyOutcome(study_uid, StudyState.FAILED, reason=str(exc))
         try:
             return self._run(study_uid, analysis_id, bound)
         except Exception as exc:
@@ -107,32 +136,61 @@ class Pipeline:
             set_study_state(self.store, study_uid, StudyState.FAILED, reason)
             raise
 
+    def _read_header(self, path: str) -> Dataset:
+        """The instance's header for selection and the results, its pixel data left in the file.
+
+        A deflated data set has no offsets to defer to: it is inflated whole, so the decoding
+        process reads it (within its memory cap) and only the header comes back.
+        """
+        if self.decoder.isolated:
+            with open(path, "rb") as fh:
+                deflated = is_deflated(str(read_file_meta(fh).get("TransferSyntaxUID", "") or ""))
+            if deflated:
+                return self.decoder.header(path)
+        # pixel data stays on disk: instances the rules skip (a CT series in the same study, say)
+        # are never read in full, and the decoding process reads the others itself
+        return read_instance(path, max_inflated_bytes=self.settings.max_inflated_bytes, defer_size="64 KB")
+
     def _run(
         self, study_uid: str, analysis_id: int, bound: structlog.typing.FilteringBoundLogger
     ) -> StudyOutcome:
         card = self.model.card
         t0 = time.perf_counter()
         sources: list[Dataset] = []
+        source_paths: list[str] = []
         images: list[np.ndarray] = []
         decisions: list[Decision] = []
+        failures: list[str] = []  # the decoding process ran out of memory, crashed or timed out
         rules = self.settings.selection_rules
+        config = self.model.preprocess_config
         for inst in study_instances(self.store, study_uid):
             try:
-                # pixel data stays on disk until preprocess needs it: instances the rules
-                # skip (a CT series in the same study, say) are never read in full
-                ds = pydicom.dcmread(inst.path, defer_size="64 KB")
+                ds = self._read_header(inst.path)
+            except DecodeFailed as exc:
+                failures.append(str(exc))
+                decisions.append(Decision(inst.sop_instance_uid, False, f"unreadable: {exc}"[:300]))
+                continue
             except Exception as exc:
-                decisions.append(Decision(inst.sop_instance_uid, False, f"unreadable ({type(exc).__name__})"))
+                kind = exc.kind if isinstance(exc, DecodeError) else type(exc).__name__
+                decisions.append(Decision(inst.sop_instance_uid, False, f"unreadable ({kind})"))
                 continue
             d = select(ds, rules)
             if d.selected:
                 try:
-                    images.append(preprocess(ds, self.model.preprocess_config))
+                    # the size the header claims, before a byte is decoded (a pixel bomb stops here)
+                    check_decode_bounds(ds, self.settings.max_image_pixels)
+                    images.append(self.decoder.tensor(inst.path, config, MAX_SIDE))
                     sources.append(ds)
+                    source_paths.append(inst.path)
+                except ImageRefused as exc:
+                    d = Decision(d.sop_instance_uid, False, str(exc)[:300])
+                except DecodeFailed as exc:
+                    failures.append(str(exc))
+                    d = Decision(d.sop_instance_uid, False, str(exc)[:300])
+                    bound.warning("instance.decode_failed", sop_instance_uid=d.sop_instance_uid)
                 except Exception as exc:  # undecodable pixel data, multi-frame, colour...
-                    d = Decision(
-                        d.sop_instance_uid, False, f"cannot preprocess ({type(exc).__name__}: {exc})"[:300]
-                    )
+                    kind = exc.kind if isinstance(exc, DecodeError) else type(exc).__name__
+                    d = Decision(d.sop_instance_uid, False, f"cannot preprocess ({kind}: {exc})"[:300])
             decisions.append(d)
         update_analysis(
             self.store,
@@ -141,6 +199,12 @@ class Pipeline:
             instances_analysed=len(sources),
             selection=[d.as_dict() for d in decisions],
         )
+        if not sources and failures:  # not the image's fault alone: say which setting to change
+            reason = f"{len(failures)} instance(s) could not be decoded: {failures[0]}"[:900]
+            update_analysis(self.store, analysis_id, error=reason, finished_at=utcnow())
+            set_study_state(self.store, study_uid, StudyState.FAILED, reason)
+            bound.error("study.failed", reason=reason)
+            return StudyOutcome(study_uid, StudyState.FAILED, reason=reason)
         if not sources:
             reasons = sorted({d.reason for d in decisions})
             reason = (
@@ -167,16 +231,24 @@ class Pipeline:
             priority=finding.priority.value,
         )
 
-        uids = result_uids(study_uid, card.version)
+        # the analysed images name the revision: new content, new UIDs; a re-run of the same, the same
+        uids = result_uids(study_uid, card.version, [str(ds.SOPInstanceUID) for ds in sources])
+        predecessors = predecessor_srs(self.settings, self.store, study_uid, uids.sr_instance)
         changed = changed_keywords(sources)
         if changed:  # once per study, keywords only: the values may be a patient's
             bound.info("results.header_sanitised", attributes=changed)
         sr, sr_bytes, sr_minimal = _build_result(
-            lambda minimal: build_sr(sources, finding, card, uids=uids, minimal=minimal), "sr", bound
+            lambda minimal: build_sr(
+                sources, finding, card, uids=uids, minimal=minimal, predecessors=predecessors
+            ),
+            "sr",
+            bound,
         )
+        # the radiograph at the heatmap's size, from the decoding process: never decoded here
+        display = self.decoder.display(source_paths[best], config, MAX_SIDE)
         sc, sc_bytes, _ = _build_result(
             lambda minimal: build_heatmap_sc(
-                sources[best], cams[best], finding, card, uids=uids, minimal=minimal
+                sources[best], cams[best], finding, card, uids=uids, minimal=minimal, display=display
             ),
             "sc",
             bound,
@@ -205,12 +277,21 @@ class Pipeline:
 
         def enhanced(ds: Dataset) -> Dataset | None:
             if ds.SOPInstanceUID == sr.SOPInstanceUID:
-                return build_sr(sources, finding, card, uids=uids, enhanced=True, minimal=sr_minimal)
+                return build_sr(
+                    sources,
+                    finding,
+                    card,
+                    uids=uids,
+                    enhanced=True,
+                    minimal=sr_minimal,
+                    predecessors=predecessors,
+                )
             return None
 
-        state = deliver_results(
-            self.settings, self.store, study_uid, analysis_id, [sr, sc], fallback=enhanced, defer=self.defer
-        )
+        if self.defer is not None:  # delivery is its own unit of work: never wait for a destination here
+            state = hand_off(self.settings, self.store, study_uid, analysis_id, self.defer)
+        else:
+            state = deliver_results(self.settings, self.store, study_uid, analysis_id, [sr, sc], fallback=enhanced)
         return StudyOutcome(
             study_uid, state, finding.probability, finding.priority.value, result_paths=tuple(paths)
         )

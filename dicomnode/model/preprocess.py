@@ -258,6 +258,35 @@ def to_unit_image(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
     return unit
 
 
+@dataclass(frozen=True)
+class DisplayImage:
+    """A radiograph as the heatmap shows it, made where it was decoded so that the full-size image
+    need not travel: ``pixels`` is :func:`to_unit_image`'s [0, 1] image shrunk by area averaging to
+    :func:`display_shape`, and ``source_shape`` the (rows, columns) it was shrunk from."""
+
+    pixels: np.ndarray
+    source_shape: tuple[int, int]
+
+
+def display_shape(rows: int, cols: int, max_side: int) -> tuple[int, int]:
+    """(rows, columns) of a ``rows`` x ``cols`` image shrunk so its longer side is ``max_side``
+    (unchanged when it already fits)."""
+    if max(rows, cols) <= max_side:
+        return rows, cols
+    shrink = max(rows, cols) / max_side
+    return max(1, round(rows / shrink)), max(1, round(cols / shrink))
+
+
+def display_image_of(unit: np.ndarray, max_side: int) -> DisplayImage:
+    """``unit`` (a 2-D [0, 1] image) shrunk by area averaging to fit ``max_side``."""
+    if unit.ndim != 2:
+        raise ValueError(f"expected a 2-D radiograph, got shape {unit.shape}")
+    rows, cols = unit.shape
+    shape = display_shape(rows, cols, max_side)
+    pixels = unit if shape == (rows, cols) else resize_area(unit, *shape)
+    return DisplayImage(pixels, (rows, cols))
+
+
 def preprocess(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
     """Preprocess one radiograph for the model: float32 ``[1, size, size]``.
 
@@ -269,8 +298,11 @@ def preprocess(ds: Dataset, config: PreprocessConfig) -> np.ndarray:
 
 __all__ = [
     "PREPROCESS_VERSION",
+    "DisplayImage",
     "PreprocessConfig",
     "check_image",
+    "display_image_of",
+    "display_shape",
     "finish_unit_image",
     "pad_to_square",
     "percentile_to_unit",

@@ -16,7 +16,9 @@ a PDU longer than the maximum we announced, a command set over
 :data:`~dicomnode.net.pdu.MAX_COMMAND_SET` or an A-RELEASE-RQ/A-ABORT of the wrong length is
 aborted from its header, unread. Between messages the next one must be complete within the network
 timeout of the last, however many empty PDUs arrive meanwhile; while a data set arrives each read
-has the DIMSE timeout, and empty PDUs or PDVs for the network timeout count as idle too.
+has the DIMSE timeout, and empty PDUs or PDVs for the network timeout count as idle too. A data
+set refused before it is whole (too large, disk full) is drained so the sender gets its status, but
+at most :data:`MAX_DRAIN_BYTES` of it: past that the association is aborted.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ from dicomnode.net.pdu import (
     SocketReader,
     encode_p_data,
 )
+from dicomnode.net.tls import certificate_cns
 from dicomnode.storage import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -107,6 +110,12 @@ _REJECT_REASONS = {
     REJECT_CALLED_AE: "called ae is not ours",
     REJECT_TOO_MANY: "too many associations",
 }
+
+#: How much of a data set refused before it was whole (0xA700: larger than
+#: DICOMNODE_MAX_DATASET_BYTES, disk full) is read and dropped so that the sender gets its status;
+#: a sender still sending past this is aborted instead. Room for a whole radiograph; it bounds how
+#: long one association streams into nothing, not memory (drained bytes are never held).
+MAX_DRAIN_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,7 @@ class _Message:
     has_data_set: bool
     incoming: IncomingFile | None = None
     refuse: int | None = None  # a status decided before the data set arrived
+    drained: int = 0  # bytes of a refused data set read and dropped
 
 
 class Association(threading.Thread):
@@ -152,6 +162,8 @@ class Association(threading.Thread):
         self.peer = peer
         self.calling_ae = ""
         self.is_established = False
+        #: closed by the listener while still negotiating, to make room (its pending cap)
+        self.evicted = False
         self._send_lock = threading.Lock()
         self._closed = False
         self._contexts: dict[int, PresentationContext] = {}
@@ -192,6 +204,15 @@ class Association(threading.Thread):
         """End the association now (node shutdown): A-ABORT, then close the socket."""
         self._abort(source=0x00, reason=0x00)
 
+    def evict(self) -> None:
+        """Close a connection that is still negotiating (from the accept loop, with
+        :attr:`evicted` set): no PDU, the TCP connection shut down; its own thread then ends
+        quietly."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def _abort(self, source: int, reason: int) -> None:
         if self._closed:
             return
@@ -227,7 +248,7 @@ class Association(threading.Thread):
             self.sock.sendall(data)
 
     def _peer_gone(self, why: str) -> None:
-        if self._closed:  # we closed it ourselves (abort, shutdown)
+        if self._closed or self.evicted:  # we closed it ourselves (abort, shutdown, eviction)
             return
         if why == "timeout" and self.is_established:
             self._bound.warning("association.timed_out", calling_ae=self.calling_ae)
@@ -265,7 +286,8 @@ class Association(threading.Thread):
         try:
             pdu_type, _, length = PDU_HEADER.unpack(self.reader.exact(6))
         except PeerGone:
-            self._bound.warning("connection.dropped", reason="no association requested")
+            if not self.evicted:
+                self._bound.warning("connection.dropped", reason="no association requested")
             self._close()
             return False
         if pdu_type != A_ASSOCIATE_RQ_TYPE or length > MAX_ASSOCIATE_RQ:
@@ -291,6 +313,9 @@ class Association(threading.Thread):
         verdict: tuple[int, int, int] | None = None
         if cfg.allowed_calling_aes and self.calling_ae not in cfg.allowed_calling_aes:
             verdict = REJECT_CALLING_AE
+        elif self.listener.client_aes and not self._certificate_allows_calling_ae():
+            self._reject(rq, REJECT_CALLING_AE)
+            return False
         elif called != cfg.ae_title:
             verdict = REJECT_CALLED_AE
         elif not self.listener.admit(self):
@@ -342,6 +367,22 @@ class Association(threading.Thread):
         self.is_established = True
         self._bound.info("association.accepted", contexts=len(self._contexts))
         return True
+
+    def _certificate_allows_calling_ae(self) -> bool:
+        """DICOMNODE_TLS_CLIENT_AES: the peer's certificate (by subject CN) is listed for the calling
+        AE it asked for; logs the rejection (certificate CN and AE titles, nothing else) if not."""
+        cns = certificate_cns(self.sock)
+        allowed = self.listener.client_aes
+        if any(self.calling_ae in allowed.get(cn, ()) for cn in cns):
+            return True
+        self._bound.warning(
+            "association.rejected",
+            reason="calling ae not allowed for this client certificate",
+            certificate_cn=list(cns),
+            allowed_calling_aes=sorted({ae for cn in cns for ae in allowed.get(cn, ())}),
+            hint="list the certificate's CN with this AE title in DICOMNODE_TLS_CLIENT_AES",
+        )
+        return False
 
     def _reject(self, rq: A_ASSOCIATE, verdict: tuple[int, int, int]) -> None:
         rj = A_ASSOCIATE()
@@ -501,6 +542,10 @@ class Association(threading.Thread):
             self._no_progress()
         elif self._stalled_since is not None:
             self._stalled_since = None
+        if msg.incoming is None or msg.incoming.refused is not None:  # refused: drained, within a bound
+            msg.drained += data_len
+            if msg.drained > MAX_DRAIN_BYTES:
+                self._stop_draining(msg)
         if msg.incoming is not None:
             self.reader.pipe(data_len, msg.incoming.write)
         else:  # a data set we do not keep (refused up front, or not a C-STORE)
@@ -539,6 +584,18 @@ class Association(threading.Thread):
                 self._spare = create_incoming_file(self.listener.incoming_dir)
             except OSError:
                 pass  # the next C-STORE makes its own and reports what is wrong
+
+    def _stop_draining(self, msg: _Message) -> None:
+        """A refused data set is still arriving past :data:`MAX_DRAIN_BYTES`: abort, unread."""
+        self._bound.error(
+            "store.drain_limit",
+            reason="refused data set still arriving; association aborted",
+            sop_instance_uid=msg.sop_instance,
+            drained=msg.drained,
+            limit=MAX_DRAIN_BYTES,
+        )
+        self._abort(source=0x02, reason=0x00)
+        raise PeerGone("drain limit")
 
     def _no_progress(self) -> None:
         """An empty P-DATA-TF or PDV: a peer sending only these for the network timeout is idle
@@ -585,6 +642,7 @@ class Association(threading.Thread):
 
 __all__ = [
     "APPLICATION_CONTEXT",
+    "MAX_DRAIN_BYTES",
     "REJECT_CALLED_AE",
     "REJECT_CALLING_AE",
     "REJECT_TOO_MANY",

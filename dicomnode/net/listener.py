@@ -10,8 +10,12 @@ every message between threads and small socket reads cost most of the receive ra
 Floods are bounded before any thread starts: one source address holds at most
 ``max_associations_per_peer`` connections (negotiating or established); a connection beyond that
 is closed in the accept loop, without a thread, a buffer or an A-ASSOCIATE-RJ (reading the request
-to reject it is what a flood costs). When the process runs out of file descriptors the accept
-loop backs off instead of spinning, and says so once per burst.
+to reject it is what a flood costs). All addresses together hold at most
+``max_pending_connections`` connections that are still negotiating: at that cap the accept loop
+closes the oldest of them to make room, so a flood from many addresses of connections that stay
+silent or trickle holds a bounded number of threads, and a peer that sends its A-ASSOCIATE-RQ at
+once still gets in (a slow one is what gets closed). When the process runs out of file descriptors
+the accept loop backs off instead of spinning, and says so once per burst.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import structlog
 
 from dicomnode.net.association import Association, StoreCallback
 from dicomnode.net.contexts import supported_contexts
+from dicomnode.net.tls import client_ae_map
 from dicomnode.storage import DIR_MODE
 
 log = structlog.get_logger("dicomnode.scp")
@@ -72,6 +77,10 @@ class ListenerConfig:
     max_pdu_bytes: int = 1 << 20
     #: connections one source address may hold open (negotiating or established); 0: no cap
     max_associations_per_peer: int = 8
+    #: connections still negotiating, from all addresses; at the cap the oldest is closed; 0: no cap
+    max_pending_connections: int = 64
+    #: ``CN:AE`` entries: a client certificate's subject CN and a calling AE it may use (empty: any)
+    tls_client_aes: tuple[str, ...] = ()
     #: start the disk writing a data set while it still arrives (Linux), so the fsync before
     #: Success has less left to do; only useful when the node fsyncs
     early_writeback: bool = True
@@ -97,11 +106,16 @@ class Listener:
         self.incoming_dir = str(incoming_dir)
         self.ssl_context = ssl_context
         self.supported_contexts = supported_contexts()
+        #: client certificate subject CN -> calling AE titles it may use; empty: not checked
+        self.client_aes = client_ae_map(config.tls_client_aes)
         self._lock = threading.Lock()
         self._open: set[Association] = set()
         self._established: set[Association] = set()
         self._per_peer: dict[str, int] = {}
+        #: connections not yet established, oldest first (a dict as an ordered set)
+        self._pending: dict[Association, None] = {}
         self._refused = _Burst()
+        self._evicted = _Burst()
         self._starved = _Burst()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -159,12 +173,42 @@ class Listener:
             assoc = Association(self, conn, peer)
             with self._lock:
                 self._open.add(assoc)
+                oldest = self._make_room()
+                self._pending[assoc] = None
+            if oldest is not None:
+                self._evict(oldest)
             try:
                 assoc.start()
             except RuntimeError as exc:  # no thread to be had: the process is out of memory or tasks
                 self.forget(assoc)
                 conn.close()
                 self._back_off(exc)
+
+    def _make_room(self) -> Association | None:
+        """With the lock held: the oldest connection still negotiating, taken off the pending list,
+        when the pending cap is reached (None: room enough)."""
+        cap = self.config.max_pending_connections
+        if not cap or len(self._pending) < cap:
+            return None
+        oldest = next(iter(self._pending))
+        del self._pending[oldest]
+        oldest.evicted = True
+        return oldest
+
+    def _evict(self, assoc: Association) -> None:
+        """Close a connection still negotiating to make room for a new one."""
+        n = self._evicted.hit()
+        if n is not None:
+            log.warning(
+                "connection.evicted",
+                peer=assoc.peer,
+                reason="too many connections still negotiating; closed the oldest",
+                pending=self.config.max_pending_connections,
+                evicted=n,
+                hint="peers that connect and send no A-ASSOCIATE-RQ (a scan or a flood); "
+                "or raise DICOMNODE_MAX_PENDING_CONNECTIONS",
+            )
+        assoc.evict()
 
     def _refuse(self, conn: socket.socket, peer: str, held: int) -> None:
         """Close a connection from a peer that already holds its share, before any thread or read."""
@@ -195,9 +239,11 @@ class Listener:
         self._stopping.wait(_ACCEPT_BACKOFF)
 
     def admit(self, assoc: Association) -> bool:
-        """Count ``assoc`` as established if the association limit allows it."""
+        """Count ``assoc`` as established if the association limit allows it (and it was not
+        closed meanwhile to make room for newer connections)."""
         with self._lock:
-            if len(self._established) >= self.config.max_associations:
+            self._pending.pop(assoc, None)
+            if assoc.evicted or len(self._established) >= self.config.max_associations:
                 return False
             self._established.add(assoc)
             return True
@@ -213,6 +259,7 @@ class Listener:
                 else:
                     self._per_peer.pop(assoc.peer, None)
             self._established.discard(assoc)
+            self._pending.pop(assoc, None)
 
     def shutdown(self) -> None:
         """Stop accepting and close the listening socket; open associations carry on."""

@@ -1,12 +1,14 @@
-"""The listener's TLS context (PS3.15 B.1, TLS 1.2 or later as BCP 195 asks).
+"""The listener's TLS context (PS3.15 B.1, TLS 1.2 or later as BCP 195 asks) and client certificates.
 
 With a certificate the port speaks TLS only; with a CA as well, peers must present a certificate
-the CA signed.
+the CA signed; with DICOMNODE_TLS_CLIENT_AES as well, each certificate (by its subject CN) may only
+associate as the calling AE titles listed for it (:func:`client_ae_map`, :func:`certificate_cns`).
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,4 +80,24 @@ def server_tls_context(settings: TLSSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-__all__ = ["TLS12_CIPHERS", "TLSSettings", "server_tls_context"]
+def client_ae_map(entries: Iterable[str]) -> Mapping[str, frozenset[str]]:
+    """``CN:AE`` entries (DICOMNODE_TLS_CLIENT_AES, checked by :mod:`dicomnode.config`) as
+    certificate subject CN -> the calling AE titles it may associate as."""
+    out: dict[str, set[str]] = {}
+    for entry in entries:
+        cn, _, ae = entry.rpartition(":")
+        out.setdefault(cn, set()).add(ae)
+    return {cn: frozenset(aes) for cn, aes in out.items()}
+
+
+def certificate_cns(sock: Any) -> tuple[str, ...]:
+    """The subject common names (CN) of the certificate the peer of TLS socket ``sock`` presented
+    and the CA verified; empty for a plain socket or no certificate."""
+    getpeercert = getattr(sock, "getpeercert", None)
+    cert = getpeercert() if getpeercert is not None else None
+    if not cert:
+        return ()
+    return tuple(str(value) for rdn in cert.get("subject", ()) for name, value in rdn if name == "commonName")
+
+
+__all__ = ["TLS12_CIPHERS", "TLSSettings", "certificate_cns", "client_ae_map", "server_tls_context"]

@@ -36,8 +36,18 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode.net import STORAGE_SOP_CLASSES, StoreRequest, status
 from dicomnode.receive.header import InstanceHeader, read_header, read_header_from
+from dicomnode.receive.provenance import passive_reason
 from dicomnode.receive.recorder import InstanceRecorder
-from dicomnode.storage import UnsafeUIDError, instance_path, move_atomic
+from dicomnode.storage import (
+    DeflateError,
+    InflateLimitError,
+    UnsafeUIDError,
+    inflated_size,
+    instance_path,
+    is_deflated,
+    move_atomic,
+    read_file_meta,
+)
 from dicomnode.store.db import Store
 from dicomnode.store.queries import instance_path_of
 from dicomnode.store.records import InstanceOutcome, InstanceRecord, add_event, fit_to_columns
@@ -74,7 +84,12 @@ class StoreHandler:
 
     ``duplicate_policy`` decides what a SOP Instance UID that is already stored does: ``overwrite``
     replaces the file atomically and updates its row; ``ignore`` keeps the first file and answers
-    Success. Both record an event."""
+    Success. Both record an event.
+
+    A deflated data set is measured before it is kept: one that inflates past
+    ``max_inflated_bytes`` (0: no limit) is refused with 0xA700, as one past
+    DICOMNODE_MAX_DATASET_BYTES is; its header is only ever inflated a few MiB
+    (:data:`dicomnode.receive.header.HEADER_INFLATE_BYTES`), past which it is refused with 0xC210."""
 
     def __init__(
         self,
@@ -84,8 +99,10 @@ class StoreHandler:
         *,
         duplicate_policy: str = "overwrite",
         fsync: bool = True,
+        max_inflated_bytes: int = 0,
     ) -> None:
         self.store = store
+        self.max_inflated_bytes = max_inflated_bytes
         self.instances_dir = instances_dir
         self.on_stored = on_stored
         self.duplicate_policy = duplicate_policy
@@ -127,6 +144,10 @@ class StoreHandler:
             )
             return status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         bound = bound.bind(study_uid=hdr.study_uid)
+        if self.max_inflated_bytes and is_deflated(req.transfer_syntax_uid):
+            refused = self._refuse_deflate_bomb(bound, req.path)
+            if refused is not None:
+                return refused
         if not self.recorder.accepting:
             bound.error("store.db_unavailable", status=status.OUT_OF_RESOURCES)
             return status.OUT_OF_RESOURCES
@@ -140,6 +161,7 @@ class StoreHandler:
             if kept is not None and Path(kept).is_file():
                 return self._keep_first(bound, hdr, ae, kept)
 
+        passive = passive_reason(self.store, hdr, req.path, target)  # before the move: no PACS loops
         try:
             stored = move_atomic(req.path, target, sync=self.fsync)
         except OSError as exc:
@@ -158,6 +180,7 @@ class StoreHandler:
                 sha256=None,  # taken once the burst is over (dicomnode.receive.fingerprint)
                 calling_ae=ae,
                 accession_number=hdr.accession_number,
+                passive=passive,
             )
         )
         if rec.dropped:
@@ -201,13 +224,35 @@ class StoreHandler:
         self.on_stored(ReceivedInstance(hdr.study_uid, hdr.sop_instance_uid, ae))
         return status.SUCCESS
 
+    def _refuse_deflate_bomb(self, bound: Any, path: Path) -> int | None:
+        """Measure the deflated data set at ``path`` without holding it: the refusal status when it
+        inflates past the limit or is no deflate stream, else None."""
+        try:
+            with open(path, "rb") as fh:
+                read_file_meta(fh)
+                size = inflated_size(fh, self.max_inflated_bytes)
+        except InflateLimitError:
+            bound.error(
+                "store.refused",
+                reason="deflated data set inflates past DICOMNODE_MAX_INFLATED_BYTES",
+                limit=self.max_inflated_bytes,
+                status=status.OUT_OF_RESOURCES,
+            )
+            return status.OUT_OF_RESOURCES
+        except (DeflateError, OSError, ValueError) as exc:
+            return self._refuse_unparseable(bound, exc)
+        bound.debug("store.inflated_size", bytes=size)
+        return None
+
     @staticmethod
     def _refuse_unparseable(bound: Any, exc: BaseException) -> int:
+        reason = (
+            "deflated data set: header not within the first bytes inflated"
+            if isinstance(exc, InflateLimitError)
+            else "cannot parse data set"
+        )
         bound.warning(
-            "store.refused",
-            reason="cannot parse data set",
-            error=type(exc).__name__,
-            status=status.CANNOT_UNDERSTAND,
+            "store.refused", reason=reason, error=type(exc).__name__, status=status.CANNOT_UNDERSTAND
         )
         return status.CANNOT_UNDERSTAND
 

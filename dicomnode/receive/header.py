@@ -3,6 +3,11 @@
 Pixel data is never decoded here. :func:`read_header_from` parses the first bytes of a data set as
 they came off the network (kept by the receive file), so the file is usually not read back;
 :func:`read_header` parses a Part 10 file and has the last word when the first bytes do not suffice.
+
+A deflated data set (PS3.5 A.5) is inflated only as far as its header needs, in growing steps and
+never past :data:`HEADER_INFLATE_BYTES` (:mod:`dicomnode.storage.inflate`): a deflate bomb costs the
+parse a few MiB, not what it inflates to. A header that does not end within that much raises
+:class:`~dicomnode.storage.InflateLimitError`.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
@@ -19,7 +25,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from dicomnode.storage import normalise_uid
+from dicomnode.storage import InflateLimitError, inflate_prefixes, is_deflated, normalise_uid, read_file_meta
 
 #: Attributes that name the stored file and its row: each must be present and encoded as UI.
 _UID_TAGS: dict[str, int] = {
@@ -30,6 +36,10 @@ _UID_TAGS: dict[str, int] = {
 #: handler needs (SOP Class/Instance UID, Accession Number, Modality, Study/Series UID) comes before.
 _LAST_HEADER_TAG = _UID_TAGS["SeriesInstanceUID"]
 _SOP_CLASS_UID_TAG = _UID_TAGS["SOPClassUID"]
+#: How much of a deflated data set the header parse inflates at most. The attributes before the
+#: Series Instance UID are a few KiB in real files (private groups 0009/0019 included); a data set
+#: whose header does not end within this is refused, whatever it inflates to.
+HEADER_INFLATE_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -50,10 +60,36 @@ def _past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 
 def read_header(path: str | Path) -> InstanceHeader:
-    """Parse a Part 10 file up to its Series Instance UID; raises on anything unreadable."""
+    """Parse a Part 10 file up to its Series Instance UID; raises on anything unreadable, and
+    :class:`~dicomnode.storage.InflateLimitError` for a deflated header past
+    :data:`HEADER_INFLATE_BYTES`."""
     with open(path, "rb") as fh:
+        meta = read_file_meta(fh)
+        transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
+        if is_deflated(transfer_syntax):
+            return _header_of(_read_deflated(fh), transfer_syntax)
+        fh.seek(0)
         ds = read_partial(fh, stop_when=_past_header, defer_size=4096)
     return _header_of(ds, str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+
+
+def _read_deflated(fh: BinaryIO) -> Dataset:
+    """The header of the deflated data set at ``fh``, inflated a step at a time until the parse
+    reaches past the Series Instance UID (or the data set ends)."""
+    for inflated, ended in inflate_prefixes(fh, HEADER_INFLATE_BYTES):
+        fp = io.BytesIO(inflated)
+        try:
+            ds = read_dataset(fp, False, True, stop_when=_past_header, defer_size=4096)
+        except EOFError:  # an element cut off at the end of this step
+            if ended:
+                raise
+            continue
+        if ended or fp.tell() < len(inflated):  # the whole data set, or stopped at the stop tag
+            return ds
+    raise InflateLimitError(
+        f"the header of a deflated data set does not end within its first {HEADER_INFLATE_BYTES} "
+        "bytes inflated (a deflate bomb?)"
+    )
 
 
 def read_header_from(head: bytes, transfer_syntax_uid: str) -> InstanceHeader | None:
@@ -129,4 +165,4 @@ def _header_of(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
     )
 
 
-__all__ = ["InstanceHeader", "read_header", "read_header_from"]
+__all__ = ["HEADER_INFLATE_BYTES", "InstanceHeader", "read_header", "read_header_from"]

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 
-from dicomnode.model.preprocess import PreprocessConfig, resize_area, to_unit_image
+from dicomnode.model.preprocess import (
+    DisplayImage,
+    PreprocessConfig,
+    display_image_of,
+    display_shape,
+    to_unit_image,
+)
 from dicomnode.results.font import GLYPH_HEIGHT, text_mask, text_width
 
 __all__ = ["MAX_SIDE", "MIN_WIDTH", "Rendered", "display_image", "jet", "render_heatmap"]
@@ -61,7 +67,7 @@ def display_image(source: Dataset, preprocess: dict[str, object]) -> np.ndarray:
 
 
 def render_heatmap(
-    unit: np.ndarray,
+    unit: np.ndarray | DisplayImage,
     cam: np.ndarray,
     *,
     keep_aspect: bool,
@@ -74,22 +80,27 @@ def render_heatmap(
     ``cam`` is the model's map over its input square: with ``keep_aspect`` that square is
     ``unit`` padded (centred) to ``max(rows, cols)``, else ``unit`` stretched. The first line is
     drawn in warning yellow, the rest in white; under them a colour legend from 0 to 1 with a
-    white tick at ``threshold``.
+    white tick at ``threshold``. ``unit`` may come already shrunk, as a
+    :class:`~dicomnode.model.preprocess.DisplayImage` made with the same ``max_side`` where the
+    image was decoded (the worker's decoding process): the result is the same.
     """
-    if unit.ndim != 2:
-        raise ValueError(f"expected a 2-D radiograph, got shape {unit.shape}")
+    if isinstance(unit, DisplayImage):
+        display = unit
+        if display.pixels.shape != display_shape(*display.source_shape, max_side):
+            raise ValueError(
+                f"display image of shape {display.pixels.shape} was not shrunk to max_side={max_side} "
+                f"from {display.source_shape}"
+            )
+    else:
+        display = display_image_of(unit, max_side)
     cam = _as_cam(cam)
-    rows, cols = unit.shape
-    if max(rows, cols) > max_side:
-        shrink = max(rows, cols) / max_side
-        out_rows, out_cols = max(1, round(rows / shrink)), max(1, round(cols / shrink))
-        gray = resize_area(unit, out_rows, out_cols)
-    elif cols < MIN_WIDTH:
+    rows, cols = display.source_shape
+    out_rows, out_cols = display.pixels.shape
+    gray = display.pixels
+    if (out_rows, out_cols) == (rows, cols) and cols < MIN_WIDTH:
         k = -(-MIN_WIDTH // cols)
         out_rows, out_cols = rows * k, cols * k
-        gray = np.repeat(np.repeat(unit, k, axis=0), k, axis=1)
-    else:
-        out_rows, out_cols, gray = rows, cols, unit
+        gray = np.repeat(np.repeat(gray, k, axis=0), k, axis=1)
     gray = np.clip(gray, 0.0, 1.0)
 
     heat = _cam_on_image(cam, (rows, cols), (out_rows, out_cols), keep_aspect)

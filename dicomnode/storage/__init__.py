@@ -1,4 +1,5 @@
-"""Durable instance storage: the receive file, the Part 10 file meta, the layout on disk, atomic writes.
+"""Durable instance storage: the receive file, the Part 10 file meta, the layout on disk, atomic writes,
+and the one bounded way to open a stored instance that may be deflated.
 
 A leaf room: it imports nothing from :mod:`dicomnode.net` or :mod:`dicomnode.receive`, which
 both build on it.
@@ -23,23 +24,39 @@ from dicomnode.storage.incoming import (
     create_incoming_file,
     sweep_incoming,
 )
+from dicomnode.storage.inflate import (
+    DeflateError,
+    InflateLimitError,
+    inflate_prefixes,
+    inflated_size,
+    is_deflated,
+    read_file_meta,
+    read_instance,
+)
 from dicomnode.storage.layout import UnsafeUIDError, instance_path, normalise_uid, stored_files
 
 __all__ = [
     "DIR_MODE",
+    "DeflateError",
     "HEAD_BYTES",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "TMP_SUFFIX",
     "WRITEBACK_EVERY",
     "IncomingFile",
+    "InflateLimitError",
     "StoredFile",
     "UnsafeUIDError",
     "create_incoming_file",
     "encode_file_meta",
+    "inflate_prefixes",
+    "inflated_size",
     "instance_path",
+    "is_deflated",
     "move_atomic",
     "normalise_uid",
+    "read_file_meta",
+    "read_instance",
     "sha256_of",
     "stored_files",
     "sweep_incoming",

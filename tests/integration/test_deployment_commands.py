@@ -45,11 +45,15 @@ def _json_lines(text: str, after: str = "") -> list[dict[str, object]]:
     lines = text.splitlines()
     if after:
         lines = lines[next(i for i, ln in enumerate(lines) if after in ln) + 1 :]
-    return [
-        json.loads(ln)
-        for ln in lines
-        if ln.strip() and not ln.startswith("  .") and not ln.startswith("worker: Warm shutdown")
-    ]
+    events = []
+    for ln in lines:
+        if not ln.strip() or ln.startswith("  .") or ln.startswith("worker: Warm shutdown"):
+            continue
+        try:
+            events.append(json.loads(ln))
+        except json.JSONDecodeError:
+            raise AssertionError(f"a log line that is not JSON: {ln!r}") from None
+    return events
 
 
 def test_compose_commands_take_studies_from_push_to_worklist(

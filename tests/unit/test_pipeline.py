@@ -26,7 +26,9 @@ from worker.pipeline import Pipeline
 
 @pytest.fixture
 def pipeline(tmp_path: Path) -> Pipeline:
-    settings = Settings(storage_dir=tmp_path / "node", model=tmp_path / "tiny.onnx")
+    # decode_memory_bytes=0: decoded in this process, the fast tier starts none (the decoding
+    # process is tested in tests/integration/test_pixel_bomb.py)
+    settings = Settings(storage_dir=tmp_path / "node", model=tmp_path / "tiny.onnx", decode_memory_bytes=0)
     write_tiny_model(settings.model_path, tiny_card(threshold=0.5))
     store = Store(settings.effective_database_url)
     return Pipeline(settings, store, PneumoniaModel(settings.model_path))
