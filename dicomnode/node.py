@@ -1,7 +1,9 @@
 """The node: SCP + storage + tracker + task runner, started and stopped together.
 
 Start: sweep half-written files, migrate, re-scan disk against SQL, re-arm or re-queue studies a
-previous run left behind, then listen. Stop (SIGTERM): stop accepting, let open associations finish
+previous run left behind, then listen. While it runs, the reconciler
+(:mod:`dicomnode.receive.reconcile`) hands on again what got stranded since (a database or broker
+outage, a lost delivery round, a study held for a model). Stop (SIGTERM): stop accepting, let open associations finish
 for ``shutdown_grace_seconds``, abort the rest (their unanswered instances were never claimed
 stored), stop the tracker and the runner.
 """
@@ -21,13 +23,14 @@ from dicomnode.config import Settings
 from dicomnode.net import Listener, ListenerConfig, server_tls_context
 from dicomnode.receive.fingerprint import Fingerprinter
 from dicomnode.receive.handler import ReceivedInstance, StoreHandler
+from dicomnode.receive.reconcile import Reconciler
 from dicomnode.receive.rescan import RescanReport, rescan
 from dicomnode.receive.tracker import StudyTracker
 from dicomnode.storage import DIR_MODE, sweep_incoming, sweep_partial_writes
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
 from dicomnode.store.queries import studies_awaiting_delivery, studies_in_state
-from dicomnode.store.records import add_event, set_study_state
+from dicomnode.store.records import add_event, set_study_state, stamp_claimed
 
 log = structlog.get_logger("dicomnode.node")
 
@@ -44,7 +47,12 @@ class TaskRunner(Protocol):
         runner does not keep its schedule elsewhere (Celery keeps it in Redis)."""
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop taking studies; with ``wait``, finish the ones already taken."""
+        """Stop taking studies; with ``wait``, finish the ones already taken (never a delivery)."""
+
+    # Optional, used when present: ``check()`` loads the model before the node listens
+    # (ConfigError naming it); ``deliver_now(study_uid, analysis_id)`` runs a delivery round the
+    # reconciler found overdue; ``echo(destination)`` C-ECHOes a destination that is down;
+    # ``backlog()`` the tasks waiting in the broker's queue (None: unknown).
 
 
 #: Builds the node's task runner once its store is open.
@@ -65,6 +73,7 @@ class Node:
         self._handler: StoreHandler | None = None
         self._lock = threading.Lock()
         self.rescan_report: RescanReport | None = None
+        self.reconciler: Reconciler | None = None
         self._stopped = False
 
     @property
@@ -79,8 +88,12 @@ class Node:
             return self.settings.port
         return int(self._server.server_address[1])
 
-    def start(self) -> Node:
-        """Migrate the store, reconcile after a restart, start tracker and SCP."""
+    def start(self, *, check_model: bool = False) -> Node:
+        """Migrate the store, reconcile after a restart, start tracker, reconciler and SCP.
+
+        ``check_model`` (``serve``): have the runner load the model before the port opens, so a
+        node that could not analyse refuses to start (:class:`dicomnode.config.ConfigError`)
+        instead of answering Success and leaving every study complete."""
         s = self.settings
         instances_dir = s.instances_dir.resolve()
         instances_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -88,10 +101,33 @@ class Node:
         self.store = Store(s.effective_database_url)
         self.rescan_report = rescan(self.store, instances_dir)
         self.runner = self._runners(s, self.store)
+        check = getattr(self.runner, "check", None)
+        if check_model and check is not None:
+            try:
+                check()
+            except Exception:
+                self.runner.shutdown(wait=False)
+                self.store.dispose()
+                raise
         self._recover()
         self.tracker.start()
+        self.reconciler = Reconciler(
+            s,
+            self.store,
+            pending=self.tracker.pending,
+            rearm=self.tracker.touch,
+            dispatch=self._dispatch,
+            deliver_now=getattr(self.runner, "deliver_now", None),
+            echo=getattr(self.runner, "echo", None),
+            backlog=getattr(self.runner, "backlog", None),
+        ).start()
         handler = self._handler = StoreHandler(
-            self.store, instances_dir, self._on_stored, duplicate_policy=s.duplicate_policy, fsync=s.fsync
+            self.store,
+            instances_dir,
+            self._on_stored,
+            duplicate_policy=s.duplicate_policy,
+            fsync=s.fsync,
+            max_inflated_bytes=s.max_inflated_bytes,
         ).start()
         self._server = Listener(
             ListenerConfig(
@@ -103,6 +139,8 @@ class Node:
                 network_timeout=s.network_timeout_seconds,
                 max_pdu_bytes=s.max_pdu_bytes,
                 max_associations_per_peer=s.max_associations_per_peer,
+                max_pending_connections=s.max_pending_connections,
+                tls_client_aes=tuple(s.tls_client_aes),
                 early_writeback=s.fsync,
                 max_dataset_bytes=s.max_dataset_bytes,
                 min_free_bytes=s.min_free_bytes,
@@ -168,7 +206,8 @@ class Node:
             self._dispatch(study_uid)
 
     def _dispatch(self, study_uid: str) -> None:
-        assert self.runner is not None
+        assert self.runner is not None and self.store is not None
+        stamp_claimed(self.store, study_uid)  # the reconciler waits a while before it re-sends
         self.runner.submit(study_uid, utcnow())
 
     def stop(self, *, wait: bool = True, grace_seconds: float | None = None) -> None:
@@ -209,6 +248,8 @@ class Node:
             self._handler.stop()  # the rows of everything answered Success
         if self.fingerprinter is not None:
             self.fingerprinter.stop()
+        if self.reconciler is not None:
+            self.reconciler.stop()
         self.tracker.stop()
         if self.runner is not None:
             self.runner.shutdown(wait=wait)
@@ -229,7 +270,7 @@ class Node:
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-        self.start()
+        self.start(check_model=True)
         while not done.wait(1.0):  # wake regularly so signals are handled promptly
             pass
         self.stop()

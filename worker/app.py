@@ -41,7 +41,10 @@ def make_celery(settings: Settings) -> Celery:
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(settings.task_time_limit - 30, settings.task_time_limit * 0.9),
-        task_routes={"dicomnode.analyse_study": {"queue": settings.queue}},
+        task_routes={
+            "dicomnode.analyse_study": {"queue": settings.queue},
+            "dicomnode.deliver_results": {"queue": settings.delivery_queue or settings.queue},
+        },
         worker_hijack_root_logger=False,
         # Task events (sent, started, succeeded, failed) for Flower and `celery events`: Flower
         # shows a study task from the moment it is queued, not only once it has switched events

@@ -9,12 +9,19 @@ import threading
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy.exc import OperationalError
 
 from dicomnode.config import load_settings
 from dicomnode.delivery import retry_delivery
+from dicomnode.model.session import ModelLoadError
+from dicomnode.store.db import Store
+from dicomnode.store.models import StudyState
 from worker.app import app
 from worker.pipeline import Pipeline, execution_label
+from worker.runners import hold_for_model
+
+log = structlog.get_logger("worker.tasks")
 
 _pipeline: Pipeline | None = None
 _lock = threading.Lock()
@@ -31,11 +38,23 @@ def get_pipeline() -> Pipeline:
 
 
 def _schedule_delivery(study_uid: str, analysis_id: int, delay: float) -> None:
-    """The next delivery round as a task with a countdown on the same queue: the worker is free
-    for other studies meanwhile, and the round survives a worker restart (acks_late). The
-    :data:`dicomnode.delivery.Defer` of the Celery mode."""
-    queue = get_pipeline().settings.queue
-    deliver_results_again.apply_async(args=[study_uid, analysis_id], countdown=delay, queue=queue)
+    """The next delivery round as a task with a countdown on the delivery queue
+    (``DICOMNODE_DELIVERY_QUEUE``, else the analysis queue): the worker is free for other studies
+    meanwhile, and the round survives a worker restart (acks_late). The
+    :data:`dicomnode.delivery.Defer` of the Celery mode. Should the broker refuse it, the study's
+    delivery stays due in SQL and the node's reconciler sends the task again."""
+    s = get_pipeline().settings
+    try:
+        deliver_results_again.apply_async(
+            args=[study_uid, analysis_id],
+            countdown=delay,
+            queue=s.delivery_queue or s.queue,
+            ignore_result=True,  # nobody reads it; subscribing to it blocks when Redis is away
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 1, "interval_max": 1},
+        )
+    except Exception as exc:
+        log.warning("dispatch.publish_failed", study_uid=study_uid, error=type(exc).__name__)
 
 
 #: Errors worth another try later (database or broker hiccups, a full or busy disk).
@@ -56,8 +75,21 @@ _DURABLE_TASK: dict[str, Any] = dict(
 
 @app.task(name="dicomnode.analyse_study", **_DURABLE_TASK)
 def analyse_study(study_uid: str, queued_at: str | None = None) -> dict[str, Any]:
-    """Analyse one complete study (idempotent: a re-delivered task finds it done and returns)."""
-    outcome = get_pipeline().analyse_study(
+    """Analyse one complete study (idempotent: a re-delivered task finds it done and returns).
+
+    A worker without a loadable model leaves the study COMPLETE with the reason; the node's
+    reconciler sends it again, so it is analysed once a worker has the model."""
+    try:
+        pipeline = get_pipeline()
+    except ModelLoadError as exc:
+        settings = load_settings()
+        store = Store(settings.effective_database_url, run_migrations=False)
+        try:
+            hold_for_model(store, study_uid, exc, settings.model_path)
+        finally:
+            store.dispose()
+        return {"study_uid": study_uid, "state": StudyState.COMPLETE.value, "skipped": True}
+    outcome = pipeline.analyse_study(
         study_uid,
         queued_at=datetime.fromisoformat(queued_at) if queued_at else None,
         execution=execution_label("celery"),

@@ -20,8 +20,23 @@ from dicomnode.delivery.retry import (
     deliver,
     end_state,
 )
-from dicomnode.delivery.rounds import deliver_results, read_results, resend, result_file, retry_delivery
-from dicomnode.delivery.sender import STORED_STATUSES, AttemptResult, Fallback, send_once
+from dicomnode.delivery.rounds import (
+    deliver_results,
+    hand_off,
+    read_results,
+    resend,
+    result_file,
+    retry_delivery,
+)
+from dicomnode.delivery.sender import (
+    STORED_STATUSES,
+    AttemptResult,
+    Fallback,
+    abort_all,
+    echo,
+    enhanced_sr_fallback,
+    send_once,
+)
 
 __all__ = [
     "INLINE_ATTEMPTS",
@@ -31,10 +46,14 @@ __all__ = [
     "Defer",
     "Fallback",
     "RetryPolicy",
+    "abort_all",
     "backoff_after",
     "deliver",
     "deliver_results",
+    "echo",
     "end_state",
+    "enhanced_sr_fallback",
+    "hand_off",
     "read_results",
     "resend",
     "result_file",

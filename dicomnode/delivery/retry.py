@@ -1,10 +1,11 @@
 """The delivery retry policy: how many attempts, when, and what state a study is left in.
 
-Every destination gets a budget of ``DICOMNODE_DELIVERY_ATTEMPTS`` attempts per analysis, with
-waits of ``DICOMNODE_DELIVERY_BACKOFF_SECONDS`` doubling after each failed attempt up to
-``DICOMNODE_DELIVERY_BACKOFF_MAX_SECONDS`` (defaults 8, 2 s, 60 s: attempts at about 0, 2, 6, 14,
-30, 62, 122 and 182 s). The budget is spent in *rounds* (:mod:`dicomnode.delivery.rounds` runs
-them and records each attempt in SQL):
+Every destination is retried for ``DICOMNODE_DELIVERY_WINDOW_SECONDS`` (default 24 h) from the
+first attempt of an analysis, with waits of ``DICOMNODE_DELIVERY_BACKOFF_SECONDS`` doubling after
+each failed attempt up to ``DICOMNODE_DELIVERY_BACKOFF_MAX_SECONDS`` (defaults 2 s, 300 s);
+``DICOMNODE_DELIVERY_ATTEMPTS``, when set (> 0), also caps the number of attempts, as it did alone
+before the window existed (8 attempts with a 60 s cap spanned about 3 minutes). The budget is
+spent in *rounds* (:mod:`dicomnode.delivery.rounds` runs them and records each attempt in SQL):
 
 - The analysing worker makes the first :data:`INLINE_ATTEMPTS` itself (a PACS that blinked), then
   hands the rest to scheduled rounds of one attempt each, so a PACS that is down does not hold
@@ -54,6 +55,10 @@ INLINE_ATTEMPTS = 2
 #: Attempts one scheduled round makes before it schedules the next.
 SCHEDULED_ROUND_ATTEMPTS = 1
 
+#: Attempts made at once without a scheduler (``dicomnode resend``) when no attempt count is set:
+#: the window is for scheduled rounds; a command line does not wait a day.
+UNSCHEDULED_ATTEMPTS = 8
+
 
 def backoff_after(attempt: int, backoff_seconds: float, backoff_max_seconds: float) -> float:
     """The wait after failed attempt number ``attempt`` (1-based): doubling, capped."""
@@ -64,17 +69,20 @@ def backoff_after(attempt: int, backoff_seconds: float, backoff_max_seconds: flo
 class RetryPolicy:
     """One destination's attempt budget and the waits between its attempts."""
 
-    budget: int
+    budget: int  # most attempts; 0: no count, the window decides
     backoff_seconds: float
     backoff_max_seconds: float
+    window_seconds: float = float("inf")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        """The policy ``DICOMNODE_DELIVERY_ATTEMPTS`` and the two backoff settings describe."""
+        """The policy ``DICOMNODE_DELIVERY_ATTEMPTS``, ``DICOMNODE_DELIVERY_WINDOW_SECONDS`` and
+        the two backoff settings describe."""
         return cls(
             settings.delivery_attempts,
             settings.delivery_backoff_seconds,
             settings.delivery_backoff_max_seconds,
+            settings.delivery_window_seconds,
         )
 
     def wait_after(self, attempt: int) -> float:
@@ -88,17 +96,24 @@ class RetryPolicy:
         with one, :data:`INLINE_ATTEMPTS` in the analysing worker and
         :data:`SCHEDULED_ROUND_ATTEMPTS` in a scheduled round (``continuing``).
         """
-        left = self.budget - first + 1
+        if not scheduled and not self.budget:
+            return UNSCHEDULED_ATTEMPTS
+        left = self.budget - first + 1 if self.budget else INLINE_ATTEMPTS
         if left <= 0:
             return 0
         if not scheduled:
             return left
         return min(left, SCHEDULED_ROUND_ATTEMPTS if continuing else INLINE_ATTEMPTS)
 
-    def next_round_in(self, last: int) -> float | None:
-        """Seconds until the next round after failed attempt ``last``; None when it was the
-        budget's last."""
-        return self.wait_after(last) if last < self.budget else None
+    def next_round_in(self, last: int, elapsed: float = 0.0) -> float | None:
+        """Seconds until the next round after failed attempt ``last``, ``elapsed`` seconds after
+        the first attempt; None when it was the budget's last or the window has passed."""
+        if self.budget and last >= self.budget:
+            return None
+        wait = self.wait_after(last)
+        if elapsed >= self.window_seconds:
+            return None
+        return min(wait, max(self.window_seconds - elapsed, 0.0))
 
 
 def end_state(*, has_destinations: bool, all_delivered: bool, round_scheduled: bool) -> StudyState:
@@ -122,6 +137,8 @@ def deliver(
     sleep: Callable[[float], None] = time.sleep,
     first_attempt: int = 1,
     last_attempt: int | None = None,
+    connect_timeout: float = 10.0,
+    attempt_timeout: float = 120.0,
 ) -> bool:
     """Deliver every dataset to ``dest``; retry the ones that failed with exponential backoff.
 
@@ -131,7 +148,7 @@ def deliver(
     """
     pending = list(datasets)
     stop = first_attempt + attempts - 1
-    budget_end = stop if last_attempt is None else last_attempt
+    budget_end = stop if not last_attempt else last_attempt
     for n in range(first_attempt, stop + 1):
         results = send_once(
             pending,
@@ -140,6 +157,8 @@ def deliver(
             attempt=n,
             fallback=fallback,
             extra_sop_classes=extra_sop_classes,
+            connect_timeout=connect_timeout,
+            deadline=attempt_timeout,
         )
         for r in results:
             on_attempt(r)
@@ -150,10 +169,10 @@ def deliver(
             return True
         errors = sorted({r.error or "" for r in results if not r.success})
         log.warning(
-            "delivery.retry" if n < budget_end else "delivery.failed",
+            "delivery.retry" if not last_attempt or n < budget_end else "delivery.failed",
             destination=str(dest),
             attempt=n,
-            of=budget_end,
+            of=budget_end if last_attempt != 0 else None,  # None: the window decides
             errors=errors,
         )
         if n < stop:
@@ -164,6 +183,7 @@ def deliver(
 __all__ = [
     "INLINE_ATTEMPTS",
     "SCHEDULED_ROUND_ATTEMPTS",
+    "UNSCHEDULED_ATTEMPTS",
     "Defer",
     "RetryPolicy",
     "backoff_after",

@@ -11,6 +11,7 @@ back (:func:`read_results`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
@@ -19,12 +20,23 @@ from pydicom import Dataset
 from pydicom.uid import EnhancedSRStorage
 
 from dicomnode.config import Settings
-from dicomnode.delivery.retry import Defer, RetryPolicy, deliver, end_state
-from dicomnode.delivery.sender import AttemptResult, Fallback
+from dicomnode.delivery.retry import INLINE_ATTEMPTS, Defer, RetryPolicy, deliver, end_state
+from dicomnode.delivery.sender import AttemptResult, Fallback, enhanced_sr_fallback
 from dicomnode.store.db import Store
 from dicomnode.store.models import DELIVERY_RETRY_REASON, StudyState, utcnow
-from dicomnode.store.queries import attempts_made, delivered_objects, latest_analysis, study_state
-from dicomnode.store.records import record_delivery_attempt, set_study_state, update_analysis
+from dicomnode.store.queries import (
+    attempts_made,
+    delivered_objects,
+    first_attempt_at,
+    latest_analysis,
+    study_state,
+)
+from dicomnode.store.records import (
+    record_delivery_attempt,
+    set_delivery_due,
+    set_study_state,
+    update_analysis,
+)
 
 # The pipeline's logger name: these events were always logged under it and log queries select on it.
 log = structlog.get_logger("worker.pipeline")
@@ -71,6 +83,8 @@ def deliver_results(
 
     policy = RetryPolicy.from_settings(settings)
     made = attempts_made(store, analysis_id) if continuing else {}
+    first_at = first_attempt_at(store, analysis_id) if continuing else None
+    fallback = fallback or enhanced_sr_fallback
     # A re-delivered task (its worker died after sending) must not send a second copy.
     done = delivered_objects(store, study_uid)
     all_ok = True
@@ -81,7 +95,10 @@ def deliver_results(
             log.info("delivery.already_done", study_uid=study_uid, destination=str(dest))
             continue
         first = made.get(str(dest), 0) + 1
-        now_attempts = policy.attempts_now(first, scheduled=defer is not None, continuing=continuing)
+        # the first round of a handed-off delivery makes the inline attempts (a PACS that blinked)
+        now_attempts = policy.attempts_now(
+            first, scheduled=defer is not None, continuing=continuing and first > 1
+        )
         if now_attempts == 0:  # this destination's budget is spent
             all_ok = False
             continue
@@ -97,9 +114,12 @@ def deliver_results(
             extra_sop_classes=[str(EnhancedSRStorage)],
             first_attempt=first,
             last_attempt=policy.budget,
+            connect_timeout=settings.delivery_connect_timeout_seconds,
+            attempt_timeout=settings.delivery_attempt_timeout_seconds,
         )
         all_ok = all_ok and ok
-        wait = None if ok else policy.next_round_in(first + now_attempts - 1)
+        elapsed = (utcnow() - first_at).total_seconds() if first_at is not None else 0.0
+        wait = None if ok else policy.next_round_in(first + now_attempts - 1, elapsed)
         if wait is not None:
             next_round = wait if next_round is None else min(next_round, wait)
     # finished_at and delivered_at land in one transaction: a reader between the two (a /metrics
@@ -112,13 +132,15 @@ def deliver_results(
             update_analysis(store, analysis_id, **stamps)
         # attempts are left: this worker moves on to the next study; a scheduled round goes on
         state = end_state(has_destinations=has_destinations, all_delivered=False, round_scheduled=True)
+        budget = f"{policy.budget} attempts" if policy.budget else f"window {policy.window_seconds:g} s"
         set_study_state(
             store,
             study_uid,
             state,
-            f"{DELIVERY_RETRY_REASON} in {next_round:g} s (budget {policy.budget} attempts)",
+            f"{DELIVERY_RETRY_REASON} in {next_round:g} s (budget {budget})",
             only_from=(StudyState.ANALYSING, StudyState.ANALYSED),
         )
+        set_delivery_due(store, study_uid, utcnow() + timedelta(seconds=next_round))
         log.info("delivery.scheduled", study_uid=study_uid, in_seconds=next_round)
         defer(study_uid, analysis_id, next_round)
         return state
@@ -129,7 +151,10 @@ def deliver_results(
         update_analysis(store, analysis_id, **stamps)
     reason = None
     if state is StudyState.DELIVERY_FAILED:
-        reason = f"retry budget exhausted; re-send with `dicomnode resend {study_uid}`"
+        reason = (
+            "retry budget exhausted (DICOMNODE_DELIVERY_WINDOW_SECONDS / DICOMNODE_DELIVERY_ATTEMPTS); "
+            f"re-send with `dicomnode resend {study_uid}`"
+        )
     set_study_state(
         store,
         study_uid,
@@ -142,6 +167,30 @@ def deliver_results(
             StudyState.ANALYSED,
         ),
     )
+    set_delivery_due(store, study_uid, None)
+    return state
+
+
+def hand_off(settings: Settings, store: Store, study_uid: str, analysis_id: int, defer: Defer) -> StudyState:
+    """The analysis is done: stamp it finished, leave the study ANALYSED with its delivery due now
+    and give the delivery to ``defer``, its own unit of work (the embedded runner's delivery
+    threads, a Celery delivery task). The analysing worker never waits for a destination; should
+    the round be lost on its way, the node's reconciler finds it due and runs it again."""
+    update_analysis(store, analysis_id, finished_at=utcnow())
+    state = end_state(has_destinations=bool(settings.destinations), all_delivered=False, round_scheduled=True)
+    if not settings.destinations:
+        set_study_state(store, study_uid, state, only_from=(StudyState.ANALYSING,))
+        return state
+    set_study_state(
+        store,
+        study_uid,
+        state,
+        f"{DELIVERY_RETRY_REASON} now (handed to delivery)",
+        only_from=(StudyState.ANALYSING,),
+    )
+    set_delivery_due(store, study_uid, utcnow())
+    log.info("delivery.handed_off", study_uid=study_uid, analysis_id=analysis_id)
+    defer(study_uid, analysis_id, 0.0)
     return state
 
 
@@ -155,6 +204,9 @@ def retry_delivery(
         return None
     if study_state(store, study_uid) is not StudyState.ANALYSED:  # re-sent by hand, or re-opened
         return study_state(store, study_uid)
+    # a lease while this round runs: the reconciler takes only a round overdue past it
+    lease = settings.delivery_attempt_timeout_seconds * INLINE_ATTEMPTS + settings.reconcile_after_seconds
+    set_delivery_due(store, study_uid, utcnow() + timedelta(seconds=lease))
     datasets = read_results(settings, study_uid, a.sr_sop_instance_uid, a.sc_sop_instance_uid)
     return deliver_results(
         settings, store, study_uid, a.id, datasets, finishing=False, defer=defer, continuing=True
@@ -184,4 +236,4 @@ def resend(settings: Settings, store: Store, study_uid: str) -> StudyState:
     return deliver_results(settings, store, study_uid, a.id, datasets, finishing=False)
 
 
-__all__ = ["deliver_results", "read_results", "resend", "result_file", "retry_delivery"]
+__all__ = ["deliver_results", "hand_off", "read_results", "resend", "result_file", "retry_delivery"]

@@ -6,15 +6,27 @@ aborts. Retries and their waits are :mod:`dicomnode.delivery.retry`'s.
 
 from __future__ import annotations
 
+import copy
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import pynetdicom.association
 import structlog
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    EnhancedSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 
 from dicomnode.config import Destination
+from dicomnode.delivery.tls import client_tls_args
 
 log = structlog.get_logger("dicomnode.delivery")
 
@@ -38,6 +50,58 @@ class AttemptResult:
 Fallback = Callable[[Dataset], Dataset | None]
 
 
+def enhanced_sr_fallback(ds: Dataset) -> Dataset | None:
+    """Our Comprehensive 3D SR as an Enhanced SR, for a peer that does not take the former.
+
+    Our SR has no 3D spatial coordinates, so the content is valid Enhanced SR as it is (the
+    pipeline builds the same document with ``enhanced=True``); only the SOP class changes. This
+    lets a round that reads the results back from disk fall back as the first round does."""
+    if str(ds.SOPClassUID) != str(Comprehensive3DSRStorage):
+        return None
+    alt = copy.deepcopy(ds)
+    alt.SOPClassUID = EnhancedSRStorage
+    if "file_meta" in alt.__dict__ or hasattr(alt, "file_meta"):
+        alt.file_meta.MediaStorageSOPClassUID = EnhancedSRStorage
+    return alt
+
+
+class _DeliveryAE(AE):
+    """The AE of our delivery and C-ECHO associations: their DUL threads are daemons."""
+
+
+class _DUL(DULServiceProvider):
+    """pynetdicom runs each association's DUL on a non-daemon thread (``dul.py``: ``self.daemon =
+    False``), so a connect to a host that drops SYNs holds the interpreter's exit until its
+    connection timeout, after SIGTERM. Ours are daemons: a delivery cut short at shutdown is due
+    again at the next start (``studies.delivery_due_at``), so nothing is lost by not waiting. Other
+    AEs in the process (``dicomnode push``, the test PACS) keep pynetdicom's behaviour."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        if isinstance(assoc.ae, _DeliveryAE):
+            self.daemon = True
+
+
+pynetdicom.association.DULServiceProvider = _DUL  # type: ignore[misc]
+
+# Associations of delivery attempts in progress: abort_all() ends them at shutdown, so a node
+# stopping never waits for a destination that does not answer.
+_active: set[Association] = set()
+_active_lock = threading.Lock()
+
+
+def abort_all() -> int:
+    """Abort every delivery association in progress in this process; how many were aborted."""
+    with _active_lock:
+        live = list(_active)
+    for assoc in live:
+        try:
+            assoc.abort()
+        except Exception:  # already gone
+            pass
+    return len(live)
+
+
 def send_once(
     datasets: Sequence[Dataset],
     dest: Destination,
@@ -47,10 +111,17 @@ def send_once(
     fallback: Fallback | None = None,
     extra_sop_classes: Sequence[str] = (),
     timeout: float = 30,
+    connect_timeout: float = 10.0,
+    deadline: float = 120.0,
 ) -> list[AttemptResult]:
-    """Send ``datasets`` over one association; one result per dataset."""
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    """Send ``datasets`` over one association; one result per dataset.
+
+    ``connect_timeout`` bounds the TCP connect (a host that drops SYNs would otherwise cost the
+    kernel's ~2 minutes of SYN retries); ``deadline`` the whole attempt: the association is
+    aborted when it passes, whatever it is waiting for; ``timeout`` each ACSE/DIMSE wait."""
+    ae = _DeliveryAE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = min(timeout, deadline)
+    ae.connection_timeout = min(connect_timeout, deadline)
     ae.maximum_pdu_size = 0
     classes = list(dict.fromkeys([str(ds.SOPClassUID) for ds in datasets] + list(extra_sop_classes)))
     for uid in classes:
@@ -60,8 +131,10 @@ def send_once(
     def result(ds: Dataset, ok: bool, st: int | None, err: str | None) -> AttemptResult:
         return AttemptResult(name, str(ds.SOPInstanceUID), attempt, ok, st, err)
 
+    started = time.monotonic()
     try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        # TLS per destination (delivery/tls.py); an unreadable PEM file fails the attempt like a peer down
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=client_tls_args(dest))
     except Exception as exc:  # socket errors etc.
         return [result(ds, False, None, f"association failed: {exc}") for ds in datasets]
     if not assoc.is_established:
@@ -70,8 +143,15 @@ def send_once(
             if assoc.is_rejected
             else "association failed (peer unreachable or aborted)"
         )
+        if dest.tls:  # pynetdicom logs the handshake error itself; say where to look
+            why += " over TLS: check the peer's certificate against ca= and name=, and cert=/key="
         return [result(ds, False, None, why) for ds in datasets]
-    out = []
+    out: list[AttemptResult] = []
+    watchdog = threading.Timer(max(0.0, deadline - (time.monotonic() - started)), assoc.abort)
+    watchdog.daemon = True
+    watchdog.start()
+    with _active_lock:
+        _active.add(assoc)
     try:
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
         for ds in datasets:
@@ -105,10 +185,64 @@ def send_once(
             for ds in datasets
             if str(ds.SOPInstanceUID) not in done
         ]
+        if time.monotonic() - started >= deadline:
+            out = [
+                r
+                if r.success
+                else AttemptResult(
+                    r.destination,
+                    r.sop_instance_uid,
+                    r.attempt,
+                    False,
+                    r.status,
+                    f"attempt deadline of {deadline:g} s passed ({r.error})",
+                )
+                for r in out
+            ]
     finally:
+        watchdog.cancel()
+        with _active_lock:
+            _active.discard(assoc)
         if assoc.is_established:
             assoc.release()
     return out
 
 
-__all__ = ["STORED_STATUSES", "AttemptResult", "Fallback", "send_once"]
+def echo(dest: Destination, *, calling_ae: str, connect_timeout: float = 10.0, timeout: float = 10.0) -> bool:
+    """True when ``dest`` answers a C-ECHO with Success (a destination that was down is back)."""
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at runtime
+
+    ae = _DeliveryAE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = connect_timeout
+    ae.add_requested_context(Verification)
+    try:
+        # TLS per destination (delivery/tls.py); an unreadable PEM file fails the attempt like a peer down
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=client_tls_args(dest))
+    except Exception:
+        return False
+    if not assoc.is_established:
+        return False
+    with _active_lock:
+        _active.add(assoc)
+    try:
+        rsp = assoc.send_c_echo()
+        return bool(rsp) and int(getattr(rsp, "Status", -1)) == 0x0000
+    except Exception:
+        return False
+    finally:
+        with _active_lock:
+            _active.discard(assoc)
+        if assoc.is_established:
+            assoc.release()
+
+
+__all__ = [
+    "STORED_STATUSES",
+    "AttemptResult",
+    "Fallback",
+    "abort_all",
+    "echo",
+    "enhanced_sr_fallback",
+    "send_once",
+]

@@ -14,6 +14,9 @@ and every Celery worker process, wherever they run:
 - ``dicomnode_time_to_notification_seconds``: histogram of last instance received -> results
   accepted by every destination (``analyses.delivered_at - studies.last_received_at``)
 - ``dicomnode_delivery_failures_total``: failed C-STORE attempts of results
+- ``dicomnode_destination_down{destination=...}``: 1 while a destination's latest attempt, among
+  studies with a delivery pending, failed without an association (the node C-ECHOes it and
+  re-sends when it answers: :mod:`dicomnode.receive.reconcile`), else 0
 
 Scrape cost stays bounded on a big database: counters are kept incrementally by primary key
 (:class:`IdCount` reads only rows added since the last scrape), the large terminal state
@@ -44,7 +47,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from dicomnode.config import Settings
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Instance, Study, StudyState, utcnow
-from dicomnode.store.queries import as_utc
+from dicomnode.store.queries import as_utc, destinations_down
 
 log = structlog.get_logger("dicomnode.metrics")
 
@@ -165,6 +168,7 @@ class SqlCollector(Collector):
         self.notification = CumulativeHistogram(NOTIFICATION_BUCKETS)
         self._since: datetime | None = None  # analyses finished from here on are not yet all seen
         self._observed: dict[int, datetime] = {}  # analysis id -> finished_at, inside the overlap
+        self._delivered: dict[int, datetime] = {}  # analysis id -> delivered_at, inside the overlap
         self._redis: Any = None
 
     # -- SQL ------------------------------------------------------------------------------------
@@ -182,34 +186,40 @@ class SqlCollector(Collector):
         return counts
 
     def _observe_finished(self, s: Session) -> None:
-        """Add analyses finished since the last scrape to the histograms (each exactly once)."""
+        """Add analyses finished, and results delivered, since the last scrape to the histograms
+        (each exactly once). Delivery is its own step after the analysis (issue 14): an analysis
+        finishes first and its results reach every destination later, so the time to
+        notification is read by ``delivered_at`` (index ix_analyses_delivered_at)."""
         now = utcnow()
         since = self._since if self._since is not None else now - self.window
         rows = s.execute(
-            select(
-                Analysis.id,
-                Analysis.finished_at,
-                Analysis.preprocessed_at,
-                Analysis.inferred_at,
-                Analysis.delivered_at,
-                Study.last_received_at,
+            select(Analysis.id, Analysis.finished_at, Analysis.preprocessed_at, Analysis.inferred_at).where(
+                Analysis.finished_at >= since
             )
-            .join(Study, Analysis.study_id == Study.id)
-            .where(Analysis.finished_at >= since)
         ).all()
-        for aid, finished, pre, inferred, delivered, last_received in rows:
+        for aid, finished, pre, inferred in rows:
             if aid in self._observed or finished is None:
                 continue
             self._observed[aid] = as_utc(finished) or finished
             if pre is not None and inferred is not None:
                 self.inference.observe(max(0.0, (inferred - pre).total_seconds()))
-            if delivered is not None and last_received is not None:
+        delivered_rows = s.execute(
+            select(Analysis.id, Analysis.delivered_at, Study.last_received_at)
+            .join(Study, Analysis.study_id == Study.id)
+            .where(Analysis.delivered_at >= since)
+        ).all()
+        for aid, delivered, last_received in delivered_rows:
+            if aid in self._delivered or delivered is None:
+                continue
+            self._delivered[aid] = as_utc(delivered) or delivered
+            if last_received is not None:
                 ttn = (delivered - last_received).total_seconds()
                 if ttn >= 0:  # negative: a late instance re-opened the study after delivery
                     self.notification.observe(ttn)
         # next time, look back far enough to catch slow commits and clock skew between workers
         self._since = now - self.settle
         self._observed = {k: v for k, v in self._observed.items() if v >= self._since}
+        self._delivered = {k: v for k, v in self._delivered.items() if v >= self._since}
 
     # -- Redis ----------------------------------------------------------------------------------
 
@@ -250,6 +260,7 @@ class SqlCollector(Collector):
                 studies = self._state_counts(s)
                 failures = self._delivery_failures.value(s)
                 self._observe_finished(s)
+            down = destinations_down(self.store)
         except Exception as exc:  # the database is down: say so, keep serving the other metrics
             log.warning("metrics.sql_failed", error=f"{type(exc).__name__}: {exc}"[:300])
             up.add_metric(["sql"], 0)
@@ -269,6 +280,14 @@ class SqlCollector(Collector):
                 "Failed C-STORE attempts of result objects to a destination",
                 value=failures,
             )
+            d = GaugeMetricFamily(
+                "dicomnode_destination_down",
+                "1 while a destination does not take results (no association), else 0",
+                labels=["destination"],
+            )
+            for name in sorted({str(x) for x in self.settings.destinations} | set(down)):
+                d.add_metric([name], 1 if name in down else 0)
+            yield d
             yield self.inference.family(
                 "dicomnode_inference_seconds", "ONNX inference time per study (preprocessed -> inferred)"
             )

@@ -100,7 +100,11 @@ class Fingerprinter:
     def run_once(self) -> int:
         """Hash one batch of instances without a fingerprint; returns how many rows were read."""
         with self.store.engine.connect() as conn:
-            query = select(Instance.id, Instance.path, Instance.received_at).where(Instance.sha256.is_(None))
+            query = select(Instance.id, Instance.path, Instance.received_at).where(
+                Instance.sha256.is_(None),
+                Instance.purged_at.is_(None),  # retention deleted the file (revision 0005)
+                Instance.missing_at.is_(None),  # the start-up re-scan reported it gone
+            )
             if self._unreadable:
                 query = query.where(Instance.id.not_in(self._unreadable))
             rows = conn.execute(query.order_by(Instance.id).limit(self.batch)).all()

@@ -3,8 +3,10 @@
 The SCP renames an instance into place, then records it; a crash between the two leaves a whole
 file that SQL does not know (the sender never got Success and will usually re-send, but the bytes
 are good). The re-scan records such files from their header. Rows whose file is gone (deleted by
-hand, a restored database, a lost disk) are logged and get an ``instance.file_missing`` event; the
-row stays, so the audit trail does too.
+hand, a restored database, a lost disk) are logged and get an ``instance.file_missing`` event once:
+the row stays, so the audit trail does too, marked ``missing_at``, and later starts skip it like a
+row whose file retention purged (:mod:`dicomnode.store.retention`). A purged or missing row whose
+file is back on disk loses its mark (``instance.file_returned``).
 
 The re-scan never stops the node from starting over one file: a file whose row SQL refuses is
 moved to ``<storage>/quarantine/<study>/<series>/`` with an ``instance.quarantined`` event (UIDs
@@ -26,8 +28,13 @@ from dicomnode.receive.header import read_header
 from dicomnode.receive.recorder import _database_down
 from dicomnode.storage import DIR_MODE, instance_path, sha256_of, stored_files
 from dicomnode.store.db import Store
-from dicomnode.store.queries import instance_locations
 from dicomnode.store.records import InstanceRecord, add_event, record_instance
+from dicomnode.store.retention import (
+    gone_instance_locations,
+    live_instance_locations,
+    mark_files_missing,
+    mark_files_returned,
+)
 
 log = structlog.get_logger("dicomnode.recovery")
 
@@ -61,15 +68,20 @@ def rescan(store: Store, instances_dir: Path, quarantine_dir: Path | None = None
     :func:`quarantine_dir_of`); the database being down raises."""
     quarantine_dir = quarantine_dir_of(instances_dir) if quarantine_dir is None else quarantine_dir
     t0 = time.monotonic()
-    known = {os.path.abspath(p): uid for p, uid in instance_locations(store).items()}
-    known_uids = set(known.values())
+    known = {os.path.abspath(p): uid for p, uid in live_instance_locations(store).items()}
+    gone = {os.path.abspath(p): uid for p, uid in gone_instance_locations(store).items()}
+    known_uids = set(known.values()) | set(gone.values())
     files = recorded = unreadable = superseded = quarantined = 0
     seen: set[str] = set()
+    returned: list[str] = []
     for path in stored_files(instances_dir):
         files += 1
         key = os.path.abspath(path)
         seen.add(key)
         if key in known:
+            continue
+        if key in gone:  # purged or reported missing, and back where its row says
+            returned.append(gone[key])
             continue
         try:
             hdr = read_header(path)
@@ -120,14 +132,13 @@ def rescan(store: Store, instances_dir: Path, quarantine_dir: Path | None = None
         known_uids.add(hdr.sop_instance_uid)
         recorded += 1
         log.info("rescan.recorded", study_uid=hdr.study_uid, sop_instance_uid=hdr.sop_instance_uid)
-    missing = 0
-    for key, uid in known.items():
-        if key in seen or os.path.exists(key):
-            continue
-        missing += 1
-        if missing <= _LOG_LIMIT:
-            log.warning("rescan.file_missing", sop_instance_uid=uid, path=key)
-        add_event(store, "instance.file_missing", sop_instance_uid=uid, path=key)
+    lost = [(uid, key) for key, uid in known.items() if key not in seen and not os.path.exists(key)]
+    for uid, key in lost[:_LOG_LIMIT]:
+        log.warning("rescan.file_missing", sop_instance_uid=uid, path=key)
+    missing = mark_files_missing(store, lost)  # once: a marked row is skipped from now on
+    if returned:
+        mark_files_returned(store, returned)
+        log.info("rescan.files_returned", files=len(returned))
     report = RescanReport(
         files=files,
         rows=len(known),

@@ -3,7 +3,8 @@
 DICOM has no "end of study" message, so like mercure and Orthanc's StableAge we wait for
 silence. The tracker keeps the last arrival per study in memory and, from its own thread, hands
 each study that has been quiet for ``quiet_seconds`` to ``on_complete`` exactly once. A late
-instance makes the study pending again.
+instance makes the study pending again. A study whose ``on_complete`` raised (the database or the
+broker away when its quiet period ended) is kept and handed on again ``retry_seconds`` later.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ class StudyTracker:
         on_complete: Callable[[str], None],
         *,
         clock: Callable[[], float] = time.monotonic,
+        retry_seconds: float | None = None,
     ) -> None:
         self.quiet_seconds = quiet_seconds
+        #: how long after a failed ``on_complete`` the study is handed on again
+        self.retry_seconds = max(0.5, quiet_seconds) if retry_seconds is None else retry_seconds
         self.on_complete = on_complete
         self._clock = clock
         self._last: dict[str, float] = {}
@@ -76,8 +80,14 @@ class StudyTracker:
         for uid in uids:
             try:
                 self.on_complete(uid)
-            except Exception:  # keep tracking other studies; the start-up re-scan retries
-                log.exception("tracker.on_complete_failed", study_uid=uid)
+            except Exception:  # keep the study: it is handed on again after retry_seconds
+                log.exception(
+                    "tracker.on_complete_failed", study_uid=uid, retry_in_seconds=self.retry_seconds
+                )
+                with self._lock:
+                    # due again retry_seconds from now, unless an arrival meanwhile set a later time
+                    again = self._clock() - self.quiet_seconds + self.retry_seconds
+                    self._last[uid] = max(self._last.get(uid, again), again)
 
     def _run(self) -> None:
         # Sleep until the next study is due, not by a fixed tick: a tick of 0.25 s added 0.125 s

@@ -36,10 +36,11 @@ from dicomnode.results import codes
 from dicomnode.results.equipment import check_inputs, model_equipment
 from dicomnode.results.evidence import evidence_header, library_ready, same_study
 from dicomnode.results.finding import Finding, Priority
-from dicomnode.results.uids import ResultUIDs, derived_uid, result_uids
+from dicomnode.results.uids import ResultUIDs, derived_uid, result_uids, series_description
 
 __all__ = [
     "SR_SERIES_DESCRIPTION",
+    "SR_SERIES_DESCRIPTIONS",
     "SR_SERIES_NUMBER",
     "TRACKING_IDENTIFIER",
     "build_sr",
@@ -49,6 +50,12 @@ __all__ = [
 #: Series Number of our SR series; 99xx keeps AI results after the acquired series in viewers.
 SR_SERIES_NUMBER = 9901
 SR_SERIES_DESCRIPTION = "AI pneumonia triage (not for diagnostic use)"
+#: The SR's Series Description with the model version, fullest first (:func:`series_description`)
+SR_SERIES_DESCRIPTIONS = (
+    "AI pneumonia triage {version} (not for diagnostic use)",
+    "AI triage {version} (not for diagnostic use)",
+    "AI triage {version} not for diagnosis",
+)
 #: Human-readable Tracking Identifier of the measurement group.
 TRACKING_IDENTIFIER = "AI pneumonia triage"
 
@@ -66,6 +73,7 @@ def build_sr(
     uids: ResultUIDs | None = None,
     enhanced: bool = False,
     minimal: bool = False,
+    predecessors: Sequence[Dataset] = (),
 ) -> Dataset:
     """Build the Comprehensive 3D SR (or Enhanced SR) reporting ``finding`` on ``sources``.
 
@@ -92,6 +100,10 @@ def build_sr(
         PatientName, AccessionNumber, StudyID; :data:`dicomnode.results.sanitise.MINIMAL_KEYWORDS`),
         leaving the other patient and study attributes empty: the same finding, for when the full
         header cannot be written.
+    predecessors:
+        Earlier SRs of this study that this one revises (each needs its Study, Series, SOP Class
+        and SOP Instance UIDs): listed in the Predecessor Documents Sequence
+        (:mod:`dicomnode.delivery.revisions`).
 
     Returns
     -------
@@ -168,12 +180,13 @@ def build_sr(
         manufacturer=card.manufacturer,
         manufacturer_model_name=card.name,
         software_versions=card.version,
-        series_description=SR_SERIES_DESCRIPTION,
+        series_description=series_description(SR_SERIES_DESCRIPTIONS, card.version),
         is_complete=True,
         # an unverified machine result: PRELIMINARY until a radiologist signs a report
         is_final=False,
         contributing_equipment=[model_equipment(card)],
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        previous_versions=list(predecessors) or None,
     )
     return sr
 

@@ -66,6 +66,15 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: when the study was last handed to a task runner or started by a worker: the reconciler's
+    #: lease (:mod:`dicomnode.receive.reconcile`), moved on only by a conditional UPDATE
+    claimed_at: Mapped[datetime | None]
+    #: analyses started and not finished since the last one that finished (revision 0004)
+    analysis_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: when the next delivery round of the latest analysis is due (None: none pending)
+    delivery_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    #: when retention deleted the study's instance files (revision 0005; the rows stay)
+    purged_at: Mapped[datetime | None] = mapped_column(index=True)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
     analyses: Mapped[list[Analysis]] = relationship(back_populates="study")
@@ -87,6 +96,9 @@ class Instance(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: revision 0005: retention deleted the file / the start-up re-scan found it gone (logged once)
+    purged_at: Mapped[datetime | None]
+    missing_at: Mapped[datetime | None]
 
     study: Mapped[Study] = relationship(back_populates="instances")
 
@@ -117,6 +129,8 @@ class Analysis(Base):
     results_built_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    #: revision 0005: when retention deleted the SR and SC files (the row stays)
+    results_purged_at: Mapped[datetime | None]
 
     study: Mapped[Study] = relationship(back_populates="analyses")
     deliveries: Mapped[list[DeliveryAttempt]] = relationship(back_populates="analysis")
@@ -174,6 +188,7 @@ Index("ix_studies_calling_ae_first_received_at", Study.calling_ae, Study.first_r
 Index("ix_studies_state_first_received_at", Study.state, Study.first_received_at)
 Index("ix_analyses_study_id_id", Analysis.study_id, Analysis.id)
 Index("ix_analyses_finished_at", Analysis.finished_at)
+Index("ix_analyses_delivered_at", Analysis.delivered_at)  # revision 0004: /metrics reads by delivery
 Index("ix_analyses_model_version_finished_at", Analysis.model_version, Analysis.finished_at)
 Index("ix_delivery_attempts_success_attempted_at", DeliveryAttempt.success, DeliveryAttempt.attempted_at)
 Index("ix_events_kind_at", Event.kind, Event.at)

@@ -259,3 +259,127 @@ def delivered_objects(store: Store, study_uid: str) -> set[tuple[str, str]]:
             )
         ).all()
     return {(d, u) for d, u in rows}
+
+
+@dataclass(frozen=True)
+class StrandedStudy:
+    """A study the reconciler may have to hand on again (:mod:`dicomnode.receive.reconcile`)."""
+
+    study_uid: str
+    state: StudyState
+    claimed_at: datetime | None  # as stored: the lease a claim must find unchanged
+
+
+def stranded_studies(
+    store: Store, states: Sequence[StudyState], *, stale_before: datetime, limit: int = 100
+) -> list[StrandedStudy]:
+    """Studies in ``states`` last handed on (or, never handed on, last changed) before
+    ``stale_before``, oldest first."""
+    since = func.coalesce(Study.claimed_at, Study.updated_at)
+    with store.session() as s:
+        rows = s.execute(
+            select(Study.study_uid, Study.state, Study.claimed_at)
+            .where(Study.state.in_([x.value for x in states]), since < stale_before)
+            .order_by(since)
+            .limit(limit)
+        ).all()
+    return [StrandedStudy(uid, StudyState(state), claimed) for uid, state, claimed in rows]
+
+
+def quiet_receiving_studies(store: Store, *, last_received_before: datetime, limit: int = 100) -> list[str]:
+    """Studies still RECEIVING whose last instance arrived before ``last_received_before``."""
+    with store.session() as s:
+        return list(
+            s.scalars(
+                select(Study.study_uid)
+                .where(
+                    Study.state == StudyState.RECEIVING.value, Study.last_received_at < last_received_before
+                )
+                .order_by(Study.last_received_at)
+                .limit(limit)
+            )
+        )
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """An analysed study whose next delivery round is due."""
+
+    study_uid: str
+    analysis_id: int
+    due_at: datetime  # as stored: the value a claim must find unchanged
+
+
+def due_deliveries(store: Store, *, due_before: datetime, limit: int = 100) -> list[DueDelivery]:
+    """ANALYSED studies whose next delivery round was due before ``due_before``, with their latest
+    analysis, most overdue first."""
+    a, join_to, on = latest_analysis_join(store.engine.dialect.name)
+    with store.session() as s:
+        rows = s.execute(
+            select(Study.study_uid, a.id, Study.delivery_due_at)
+            .outerjoin(join_to, on)
+            .where(Study.state == StudyState.ANALYSED.value, Study.delivery_due_at < due_before)
+            .order_by(Study.delivery_due_at)
+            .limit(limit)
+        ).all()
+    return [DueDelivery(uid, aid, due) for uid, aid, due in rows if aid is not None]
+
+
+@dataclass(frozen=True)
+class DestinationAttempt:
+    """The latest delivery attempt to a destination among studies whose delivery is pending."""
+
+    destination: str
+    success: bool
+    status: int | None
+    error: str | None
+    attempted_at: datetime
+
+
+def pending_delivery_attempts(store: Store) -> tuple[dict[str, DestinationAttempt], dict[str, list[str]]]:
+    """For studies with a delivery round pending: each destination's latest attempt, and the
+    studies (UIDs) whose latest analysis has not yet reached each destination.
+
+    Reads only the studies with ``delivery_due_at`` set (an index range) and their attempts."""
+    with store.session() as s:
+        rows = s.execute(
+            select(
+                Study.study_uid,
+                DeliveryAttempt.id,
+                DeliveryAttempt.destination,
+                DeliveryAttempt.success,
+                DeliveryAttempt.status,
+                DeliveryAttempt.error,
+                DeliveryAttempt.attempted_at,
+            )
+            .join(Analysis, Analysis.study_id == Study.id)
+            .join(DeliveryAttempt, DeliveryAttempt.analysis_id == Analysis.id)
+            .where(Study.delivery_due_at.is_not(None), Study.state == StudyState.ANALYSED.value)
+            .order_by(DeliveryAttempt.id)
+        ).all()
+    latest: dict[str, DestinationAttempt] = {}
+    delivered: set[tuple[str, str]] = set()
+    tried: dict[str, set[str]] = {}
+    for uid, _, dest, ok, st, err, at in rows:
+        latest[dest] = DestinationAttempt(dest, bool(ok), st, err, as_utc(at) or at)
+        tried.setdefault(dest, set()).add(uid)
+        if ok:
+            delivered.add((dest, uid))
+    waiting = {dest: sorted(u for u in uids if (dest, u) not in delivered) for dest, uids in tried.items()}
+    return latest, waiting
+
+
+def first_attempt_at(store: Store, analysis_id: int) -> datetime | None:
+    """When the first delivery attempt of an analysis was made (None: none yet)."""
+    with store.session() as s:
+        at = s.scalar(
+            select(func.min(DeliveryAttempt.attempted_at)).where(DeliveryAttempt.analysis_id == analysis_id)
+        )
+    return as_utc(at)
+
+
+def destinations_down(store: Store) -> dict[str, str]:
+    """Destinations (``AE@host:port``) whose latest attempt, among studies with a delivery
+    pending, failed without an association (refused, unreachable, timed out): name -> error."""
+    latest, _ = pending_delivery_attempts(store)
+    return {d: (a.error or "") for d, a in latest.items() if not a.success and a.status is None}

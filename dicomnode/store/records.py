@@ -40,6 +40,10 @@ class InstanceRecord:
     accession_number: str | None = None
     #: header attributes whose value SQL could not hold, stored as NULL (:func:`fit_to_columns`)
     dropped: tuple[str, ...] = ()
+    #: why this instance must not re-open a study that has left RECEIVING (the node's own result,
+    #: an object the model does not read, a re-send of the same data set), or None: it may
+    #: (:mod:`dicomnode.receive.provenance`; recorded as an ``instance.not_reopening`` event)
+    passive: str | None = None
 
 
 #: The free-text header values of a record, each with the SQL column that holds it. A value its
@@ -230,7 +234,20 @@ def _record_instance_in(conn: Connection, rec: InstanceRecord) -> InstanceOutcom
     if study is None:
         study_id, reopened = _insert_study(conn, rec, now), False
     else:
-        study_id, reopened = study.id, study.state != receiving
+        study_id, reopened = study.id, study.state != receiving and rec.passive is None
+        if study.state != receiving and rec.passive is not None:  # no feedback loop with the PACS
+            conn.execute(
+                insert(_EVENTS).values(
+                    at=now,
+                    kind="instance.not_reopening",
+                    study_uid=rec.study_uid,
+                    detail={
+                        "sop_instance_uid": rec.sop_instance_uid,
+                        "state": study.state,
+                        "reason": rec.passive,
+                    },
+                )
+            )
     old = conn.execute(
         select(_INSTANCES.c.id, _INSTANCES.c.study_id, _INSTANCES.c.path).where(
             _INSTANCES.c.sop_instance_uid == rec.sop_instance_uid
@@ -251,7 +268,7 @@ def _record_instance_in(conn: Connection, rec: InstanceRecord) -> InstanceOutcom
             )
             study_values["instance_count"] = _STUDIES.c.instance_count + 1
     if reopened:
-        study_values.update(state=receiving, state_reason=None)
+        study_values.update(state=receiving, state_reason=None, analysis_attempts=0, delivery_due_at=None)
     conn.execute(update(_STUDIES).where(_STUDIES.c.id == study_id).values(**study_values))
     if old is not None or reopened:
         conn.execute(
@@ -296,6 +313,19 @@ def set_study_state(
     return changed
 
 
+class AnalysisAttemptsExhausted(RuntimeError):
+    """A study was started ``max_attempts`` times without an analysis finishing (a worker killed
+    each time, by the OOM killer say): it is now FAILED with this message as its reason."""
+
+
+def attempts_exhausted_reason(attempts: int) -> str:
+    """The state reason of a study that :class:`AnalysisAttemptsExhausted` failed."""
+    return (
+        f"analysis started {attempts} times without finishing (worker killed?): the worker log "
+        "says why; fix the cause, then re-send the study to analyse it again"
+    )
+
+
 def start_analysis(
     store: Store,
     study_uid: str,
@@ -304,19 +334,47 @@ def start_analysis(
     model_version: str,
     queued_at: datetime | None,
     execution: str,
+    max_attempts: int = 0,
 ) -> int:
-    """Create the analysis row for a study and mark the study ANALYSING; returns the row id."""
+    """Create the analysis row for a study and mark the study ANALYSING; returns the row id.
+
+    The study's ``analysis_attempts`` goes up in the same transaction. With ``max_attempts`` (0:
+    no limit), a study already started that many times without an analysis finishing is marked
+    FAILED instead and :class:`AnalysisAttemptsExhausted` raised: a study that kills every worker
+    that takes it (acks_late re-queues it, a restart re-dispatches it) stops looping.
+    """
     with store.session() as s:
         study = s.scalar(select(Study).where(Study.study_uid == study_uid))
         if study is None:
             raise LookupError(f"study {study_uid} is not in the store: was it received by this node?")
-        study.state = StudyState.ANALYSING.value
+        now = utcnow()
+        started = study.analysis_attempts or 0
+        if max_attempts and started >= max_attempts:
+            reason = attempts_exhausted_reason(started)
+            study.state = StudyState.FAILED.value
+            study.state_reason = reason
+            study.delivery_due_at = None
+            s.add(Event(kind="study.failed", study_uid=study_uid, detail={"reason": reason}))
+            s.commit()
+            raise AnalysisAttemptsExhausted(reason)
+        # in SQL, not read-modify-write: two workers starting the same study both count
+        s.execute(
+            update(Study)
+            .where(Study.id == study.id)
+            .values(
+                analysis_attempts=Study.analysis_attempts + 1,
+                state=StudyState.ANALYSING.value,
+                claimed_at=now,
+                delivery_due_at=None,
+                updated_at=now,
+            )
+        )
         a = Analysis(
             study_id=study.id,
             model_name=model_name,
             model_version=model_version,
             queued_at=queued_at,
-            started_at=utcnow(),
+            started_at=now,
             execution=execution,
         )
         s.add(a)
@@ -325,7 +383,7 @@ def start_analysis(
             Event(
                 kind="analysis.started",
                 study_uid=study_uid,
-                detail={"model_version": model_version, "execution": execution},
+                detail={"model_version": model_version, "execution": execution, "attempt": started + 1},
             )
         )
         return a.id
@@ -335,6 +393,9 @@ def update_analysis(store: Store, analysis_id: int, **values: Any) -> None:
     """Set columns of an analysis row (scores, timestamps, result UIDs, error)."""
     with store.session() as s:
         s.execute(update(Analysis).where(Analysis.id == analysis_id).values(**values))
+        if values.get("finished_at") is not None:  # it finished: the attempt counter starts over
+            study_id = select(Analysis.study_id).where(Analysis.id == analysis_id).scalar_subquery()
+            s.execute(update(Study).where(Study.id == study_id).values(analysis_attempts=0))
 
 
 def record_delivery_attempt(
@@ -361,3 +422,75 @@ def record_delivery_attempt(
                 error=error,
             )
         )
+
+
+def claim_study(
+    store: Store,
+    study_uid: str,
+    states: tuple[StudyState, ...],
+    *,
+    stale_before: datetime,
+    seen_claimed_at: datetime | None,
+    now: datetime | None = None,
+) -> bool:
+    """Take the reconciler's lease on a study: True for exactly one caller.
+
+    One conditional UPDATE moves ``claimed_at`` to now, only while the study is still in one of
+    ``states`` and its stamp is the one the caller saw (``seen_claimed_at``) and older than
+    ``stale_before``; two reconciler passes (or two nodes on one database) racing for the same
+    study find one row changed between them."""
+    now = now or utcnow()
+    stmt = update(Study).where(Study.study_uid == study_uid, Study.state.in_([x.value for x in states]))
+    if seen_claimed_at is None:
+        stmt = stmt.where(Study.claimed_at.is_(None))
+    else:
+        stmt = stmt.where(Study.claimed_at == seen_claimed_at, Study.claimed_at < stale_before)
+    with store.session() as s:
+        return cast(CursorResult[Any], s.execute(stmt.values(claimed_at=now))).rowcount > 0
+
+
+def claim_delivery(
+    store: Store, study_uid: str, *, seen_due_at: datetime, lease_seconds: float, now: datetime | None = None
+) -> bool:
+    """Take an overdue delivery round of a study: True for exactly one caller, which moves
+    ``delivery_due_at`` on by ``lease_seconds`` (the round it runs sets the next one)."""
+    from datetime import timedelta
+
+    with store.session() as s:
+        stmt = (
+            update(Study)
+            .where(
+                Study.study_uid == study_uid,
+                Study.state == StudyState.ANALYSED.value,
+                Study.delivery_due_at == seen_due_at,
+            )
+            .values(delivery_due_at=(now or utcnow()) + timedelta(seconds=lease_seconds))
+        )
+        return cast(CursorResult[Any], s.execute(stmt)).rowcount > 0
+
+
+def stamp_claimed(store: Store, study_uid: str) -> None:
+    """The study was handed to a task runner now (the reconciler waits a while before it does so
+    again)."""
+    with store.session() as s:
+        s.execute(update(Study).where(Study.study_uid == study_uid).values(claimed_at=utcnow()))
+
+
+def set_delivery_due(store: Store, study_uid: str, due_at: datetime | None) -> None:
+    """When the next delivery round of the study is due (None: no round pending)."""
+    with store.session() as s:
+        s.execute(update(Study).where(Study.study_uid == study_uid).values(delivery_due_at=due_at))
+
+
+def make_deliveries_due(store: Store, study_uids: list[str]) -> int:
+    """Bring the pending delivery rounds of these studies forward to now (a destination answers
+    again); the number of studies changed."""
+    if not study_uids:
+        return 0
+    with store.session() as s:
+        stmt = (
+            update(Study)
+            .where(Study.study_uid.in_(study_uids), Study.state == StudyState.ANALYSED.value)
+            .values(delivery_due_at=utcnow())
+        )
+        return cast(CursorResult[Any], s.execute(stmt)).rowcount

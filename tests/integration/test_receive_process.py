@@ -38,6 +38,7 @@ from dicomnode.store.models import Analysis, Study
 from dicomnode.testing.pacs import Receiver
 from dicomnode.testing.phantoms import make_phantom
 from tests.support import LoggedProcess, echo_ok, free_port
+from tests.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,6 +58,8 @@ class NodeProcess:
             DICOMNODE_LOG_FORMAT="json",
             PYTHONUNBUFFERED="1",
         )
+        if "model" not in settings:  # `serve` refuses to start without a model it can load
+            settings["model"] = str(write_tiny_model(storage_dir.parent / "tiny-model.onnx"))
         self.env.update({f"DICOMNODE_{k.upper()}": v for k, v in settings.items()})
         self.running: LoggedProcess | None = None
 

@@ -106,8 +106,8 @@ def test_study_round_trip_delivers_sr_and_sc_and_records_analysis(
                 a.preprocessed_at,
                 a.inferred_at,
                 a.results_built_at,
+                a.finished_at,  # the analysis; delivery is its own step after it
                 a.delivered_at,
-                a.finished_at,
             )
         ]
         assert all(s is not None for s in stamps), stamps

@@ -184,7 +184,10 @@ def test_without_a_scheduler_the_whole_budget_is_spent_at_once_and_the_study_fai
     assert state is StudyState.DELIVERY_FAILED
     assert study_state(store, study.uid) is StudyState.DELIVERY_FAILED
     assert sorted(study.attempts()) == _per_object(study, list(range(1, BUDGET + 1)))
-    assert study.reason() == f"retry budget exhausted; re-send with `dicomnode resend {study.uid}`"
+    assert study.reason() == (
+        "retry budget exhausted (DICOMNODE_DELIVERY_WINDOW_SECONDS / DICOMNODE_DELIVERY_ATTEMPTS); "
+        f"re-send with `dicomnode resend {study.uid}`"
+    )
 
 
 def test_with_a_scheduler_the_study_stays_analysed_until_its_last_round_fails(
