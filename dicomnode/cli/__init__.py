@@ -1,19 +1,46 @@
-"""``dicomnode`` command line: serve, worker, demo, push, echo, results, worklist, resend, migrate,
-audit, import-truth, monitor."""
+"""``dicomnode`` command line: serve, worker, demo, push, echo, results, worklist, resend, reanalyse,
+migrate, audit, import-truth, monitor."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Any
 
-from dicomnode.cli import node, ops, results, training
+from dicomnode.cli import node, ops, purge, reanalyse, results, retract, training
+from dicomnode.cli.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 from dicomnode.config import ConfigError
+
+_CONFIG_HELP = "TOML settings file (or DICOMNODE_CONFIG); before or after the subcommand"
+
+_EPILOG = """exit status: 0 done; 1 the work failed (a file not stored, a study not delivered, a peer
+refused); 2 usage or set-up error (bad argument or setting, no database, port in use, storage held
+by another node); 130 interrupted; 141 output pipe closed (e.g. `| head`)."""
+
+
+class _SubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands that also take ``--config``, so ``dicomnode results --config x.toml`` works
+    like ``dicomnode --config x.toml results``. Its default is SUPPRESS: given only before the
+    subcommand, the subparser leaves the value alone."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        if kwargs.get("add_help", True):
+            parser.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+        return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dicomnode`` parser; each subcommand's ``func`` is its command in a module of this package."""
-    p = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
-    p.add_argument("--config", help="TOML settings file (or DICOMNODE_CONFIG)")
+    p = argparse.ArgumentParser(
+        prog="dicomnode",
+        description=__doc__,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help=_CONFIG_HELP)
+    p.register("action", "parsers", _SubParsers)
     sub = p.add_subparsers(dest="command", required=True)
     # listed for --help only: main() forwards `train ...` before argparse sees its options
     sub.add_parser(
@@ -95,6 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=results.cmd_resend)
 
     sp = sub.add_parser(
+        "reanalyse",
+        help="analyse studies again: by Study Instance UID, or every study matching --state etc.",
+        description=reanalyse.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sp.add_argument("study_uids", nargs="*", metavar="STUDY_UID")
+    sp.add_argument(
+        "--state", help="every study in these states, comma-separated, e.g. failed,not_applicable"
+    )
+    sp.add_argument("--since", help="with --state: first received from this time on (date, date-time, 7d)")
+    sp.add_argument("--until", help="with --state: first received before this time")
+    sp.add_argument("--calling-ae", help="with --state: studies sent by this AE title")
+    sp.add_argument("--model-version", help="with --state: studies whose latest analysis ran this version")
+    sp.add_argument("--dry-run", action="store_true", help="list the studies, change nothing")
+    sp.add_argument("--storage-dir")
+    sp.set_defaults(func=reanalyse.cmd_reanalyse)
+
+    retract.add_parser(sub)
+    purge.add_parser(sub)
+
+    sp = sub.add_parser(
         "migrate", help="bring the database schema up to date (the node also does this at start)"
     )
     sp.add_argument("--storage-dir")
@@ -121,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--until", help="before this time; a bare date includes that day")
     sp.add_argument("--calling-ae", help="studies sent by this AE title")
     sp.add_argument("--state", help="study states (outcome), comma-separated, e.g. delivered,delivery_failed")
-    sp.add_argument("--model-version", help="studies whose latest analysis ran this model version")
+    sp.add_argument("--model-version", help="studies any analysis of which ran this model version")
     sp.add_argument(
         "--failed-deliveries", action="store_true", help="studies with at least one failed delivery attempt"
     )
@@ -174,16 +222,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``dicomnode ARGV``; the exit status (2 for a configuration error)."""
+    """Run ``dicomnode ARGV``; the exit status (see ``_EPILOG``: 2 for a usage or set-up error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # everything after `train` belongs to the training CLI
-        return training.cmd_train(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
-    except ConfigError as exc:
-        print(f"dicomnode: configuration error: {exc}", file=sys.stderr)
-        return 2
+        if argv[:1] == ["train"]:  # everything after `train` belongs to the training CLI
+            return training.cmd_train(argv[1:])
+        args = build_parser().parse_args(argv)
+        try:
+            code = int(args.func(args))
+        except ConfigError as exc:
+            print(f"dicomnode: configuration error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except CommandError as exc:
+            print(f"dicomnode {args.command}: {exc}", file=sys.stderr)
+            return exc.exit_code
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `dicomnode results | head`: the reader has all it wanted. Python's documented way
+        # (library/signal.html, "Note on SIGPIPE"): point stdout at /dev/null so the flush at exit
+        # cannot fail again, and end like a process killed by SIGPIPE.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (captured in-process)
+            pass
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("dicomnode: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 __all__ = ["build_parser", "main"]

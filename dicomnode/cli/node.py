@@ -3,37 +3,85 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from dicomnode.cli.errors import EXIT_FAILED, EXIT_USAGE, CommandError
 from dicomnode.cli.settings import settings
-from dicomnode.config import ConfigError
+from dicomnode.config import ConfigError, Settings
 from dicomnode.logconfig import configure_logging
+
+if TYPE_CHECKING:
+    from dicomnode.ops.purge import PurgeSchedule
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the node (SCP, tracker, analysis; ``/metrics`` when its port is set)."""
+    """Run the node (SCP, tracker, analysis; ``/metrics`` when its port is set).
+
+    Before any start-up work (migrate, rescan): take the storage folder's lock, so a second node
+    on the same folder is refused, and check that both listening addresses can be bound, so a port
+    in use or a wrong host ends in one line instead of a traceback after the rescan."""
+    from dicomnode.cli.listen_check import check_listen, listen_error
     from dicomnode.node import Node
+    from dicomnode.storage.lock import StorageLockedError, lock_storage
     from worker.runners import make_runner
 
     s = settings(args)
     configure_logging(s.log_level, s.log_format)
-    metrics = store = None
-    if s.metrics_port:  # one /metrics for the node and every worker: it reads the shared SQL
-        from dicomnode.ops.metrics import start_metrics_server
-        from dicomnode.store.db import Store
-
-        store = Store(s.effective_database_url)
-        metrics = start_metrics_server(s, store)
     try:
-        Node(s, make_runner).serve_forever()
-    finally:
-        if metrics is not None and store is not None:
-            metrics.stop()
-            store.dispose()
+        lock = lock_storage(s.storage_dir)
+    except StorageLockedError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    with lock:
+        dicom = dict(what="DICOM listener", host_key="DICOMNODE_HOST", port_key="DICOMNODE_PORT")
+        web = dict(
+            what="/metrics server", host_key="DICOMNODE_METRICS_HOST", port_key="DICOMNODE_METRICS_PORT"
+        )
+        check_listen(s.host, s.port, **dicom)  # port 0 (any free one) still checks the host
+        if s.metrics_port:
+            check_listen(s.metrics_host, s.metrics_port, **web)
+        metrics = store = None
+        if s.metrics_port:  # one /metrics for the node and every worker: it reads the shared SQL
+            from dicomnode.ops.metrics import start_metrics_server
+            from dicomnode.store.db import Store
+
+            store = Store(s.effective_database_url)
+            try:
+                metrics = start_metrics_server(s, store)
+            except OSError as exc:  # taken between the check and now
+                store.dispose()
+                raise listen_error(exc, s.metrics_host, s.metrics_port, **web) or exc from None
+        node = Node(s, make_runner)
+        schedule = _purge_schedule(s)  # retention (dicomnode.ops.purge), when set
+        try:
+            node.serve_forever()
+        except OSError as exc:
+            err = listen_error(exc, s.host, s.port, **dicom)
+            if err is None:
+                raise
+            node.stop(wait=False)
+            raise err from None
+        finally:
+            if schedule is not None:
+                schedule.stop()
+            if metrics is not None and store is not None:
+                metrics.stop()
+                store.dispose()
     return 0
+
+
+def _purge_schedule(s: Settings) -> PurgeSchedule | None:
+    """The retention schedule ``serve`` runs on its own store, started; None when retention is off."""
+    from dicomnode.ops.purge import PurgeSchedule
+    from dicomnode.store.db import Store
+
+    if not PurgeSchedule.wanted(s):
+        return None
+    return PurgeSchedule.for_settings(s, Store(s.effective_database_url), own_store=True).start()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -72,26 +120,119 @@ def cmd_demo(args: argparse.Namespace) -> int:
         s = s.with_overrides(port=0)
     s = s.with_overrides(quiet_seconds=args.quiet)
     configure_logging("warning", s.log_format)
-    rows = run_demo(s, studies=args.studies, seed=args.seed)
+    from dicomnode.storage.lock import StorageLockedError, lock_storage
+
+    try:
+        lock = lock_storage(s.storage_dir)
+    except StorageLockedError as exc:
+        raise CommandError(f"{exc}; or give the demo its own --storage-dir", EXIT_USAGE) from None
+    with lock:
+        rows = run_demo(s, studies=args.studies, seed=args.seed)
     return 0 if all(r.score is not None for r in rows) else 1
+
+
+class _PeerErrors(logging.Handler):
+    """pynetdicom's error lines while we talk to a peer: they say why an association failed
+    ("Reason: Calling AE title not recognised", "TCP Initialisation Error: ... refused"). Kept
+    for our one-line message instead of printed as they come (Python's last-resort handler)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+        self._propagate = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> _PeerErrors:
+        logger = logging.getLogger("pynetdicom")
+        self._propagate = logger.propagate
+        logger.addHandler(self)
+        logger.propagate = False  # said once, in our line, not also by a handler further up
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger("pynetdicom")
+        logger.removeHandler(self)
+        logger.propagate = self._propagate
+
+
+def association_error(peer: str, lines: list[str], calling_ae: str) -> str:
+    """Why an association with ``peer`` failed and what to do, from pynetdicom's error lines."""
+    said = {k: v for k, _, v in (ln.partition(": ") for ln in lines) if v}
+    reason = said.get("Reason")
+    if reason is not None:
+        if "Calling AE" in reason:
+            fix = (
+                f"allow our calling AE {calling_ae!r} there (DICOMNODE_ALLOWED_CALLING_AES on a dicomnode), "
+                "or send with an allowed --calling-ae"
+            )
+        elif "Called AE" in reason:
+            fix = "set --called-ae to the peer's AE title (DICOMNODE_AE_TITLE on a dicomnode)"
+        else:
+            fix = "try again later, or see the peer's log"
+        result = said.get("Result", "rejected")
+        return f"{peer} refused the association: {reason} ({result}); {fix}"
+    if "TCP Initialisation Error" in said:
+        return (
+            f"cannot connect to {peer} ({said['TCP Initialisation Error']}); is the node running and "
+            "listening there? check --host and --port"
+        )
+    detail = "; ".join(lines[-2:]) or "no answer"
+    return f"no association with {peer} ({detail}); check --host, --port and --called-ae, and the peer's log"
+
+
+def _status_text(status: int | None) -> str:
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
+
+    if status is None:
+        return "not sent"
+    category, text = STORAGE_SERVICE_CLASS_STATUS.get(status, ("Failure", "unknown status"))
+    return f"0x{status:04X} {category}: {text}"
 
 
 def cmd_push(args: argparse.Namespace) -> int:
     """C-STORE files and folders to a DICOM node; exit 1 unless every file was stored."""
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_file_meta_info
+
     from dicomnode.delivery.push import expand, push_files
 
-    files = expand([Path(p) for p in args.paths])
+    given = expand([Path(p) for p in args.paths])
+    missing = [p for p in given if not p.exists()]
+    if missing:
+        raise CommandError(f"{missing[0]}: no such file or folder", EXIT_USAGE)
+    files = []
+    for f in given:  # a folder may hold a README or a DICOMDIR's neighbours: say so, send the rest
+        try:
+            read_file_meta_info(f)
+            files.append(f)
+        except (InvalidDicomError, OSError) as exc:
+            print(f"{f}: skipped, not a DICOM Part 10 file ({exc.__class__.__name__})", file=sys.stderr)
     if not files:
-        print("no files to send", file=sys.stderr)
-        return 2
-    res = push_files(files, args.host, args.port, called_ae=args.called_ae, calling_ae=args.calling_ae)
+        raise CommandError("no DICOM files to send in " + ", ".join(args.paths), EXIT_USAGE)
+    peer = f"{args.called_ae}@{args.host}:{args.port}"
+    with _PeerErrors() as errors:
+        try:
+            res = push_files(
+                files, args.host, args.port, called_ae=args.called_ae, calling_ae=args.calling_ae
+            )
+        except ConnectionError:
+            raise CommandError(association_error(peer, errors.lines, args.calling_ae), EXIT_FAILED) from None
+        except ValueError as exc:  # more kinds of file than one association can carry
+            raise CommandError(str(exc), EXIT_USAGE) from None
     ok = sum(r.status == 0 for r in res)
     for r in res:
         if r.status != 0:
-            st = f"0x{r.status:04X}" if r.status is not None else "not sent"
-            print(f"{r.path}: {st} {r.error or ''}")
-    print(f"{ok}/{len(files)} stored")
-    return 0 if ok == len(files) else 1
+            print(f"{r.path}: {_status_text(r.status)} {r.error or ''}".rstrip())
+    print(f"{ok}/{len(given)} stored")
+    if ok < len(given):
+        print(
+            f"dicomnode push: {len(given) - ok} of {len(given)} files not stored by {peer} (statuses "
+            "above); its log says why",
+            file=sys.stderr,
+        )
+    return 0 if ok == len(given) else EXIT_FAILED
 
 
 def _echo_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext, str] | None:

@@ -26,9 +26,9 @@ def _time_arg(text: str | None, *, end: bool = False) -> datetime | None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Print one audit question (:mod:`dicomnode.ops.audit`) as a table, CSV or JSON."""
+    from dicomnode.cli.database import open_existing_store
     from dicomnode.ops import audit
     from dicomnode.ops.tables import render_rows
-    from dicomnode.store.db import Store
 
     states = tuple(x.strip().lower() for x in (args.state or "").split(",") if x.strip())
     try:
@@ -45,10 +45,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"dicomnode audit: {exc}") from None
     limit = args.limit or None
-    store = Store(settings(args).effective_database_url)
+    store = open_existing_store(settings(args))
     try:
         rows: list[Any]
         columns: list[str] | None = None
+        row_type: type = {
+            "studies": audit.StudyRow,
+            "summary": audit.SummaryRow,
+            "deliveries": audit.DeliveryRow,
+            "events": audit.EventRow,
+        }[args.what]
         if args.what == "studies":
             rows = audit.studies(store, f, limit=limit)
             columns = [
@@ -64,16 +70,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
             rows = audit.events(store, f, kind=args.kind, limit=limit)
     finally:
         store.dispose()
-    print(render_rows(rows, args.format, columns=columns))
+    print(render_rows(rows, args.format, columns=columns, row_type=row_type))
     return 0
 
 
 def cmd_import_truth(args: argparse.Namespace) -> int:
     """Import radiologists' reads (:mod:`dicomnode.ops.groundtruth`); exit 2 on a bad file."""
+    from dicomnode.cli.database import open_existing_store
     from dicomnode.ops.groundtruth import GroundTruthError, import_ground_truth
-    from dicomnode.store.db import Store
 
-    store = Store(settings(args).effective_database_url)
+    store = open_existing_store(settings(args))
     try:
         report = import_ground_truth(store, Path(args.csv), dry_run=args.dry_run)
     except GroundTruthError as exc:
@@ -95,11 +101,11 @@ def cmd_import_truth(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     """Print drift and performance per model version (:mod:`dicomnode.ops.monitor`), and a report."""
+    from dicomnode.cli.database import open_existing_store
     from dicomnode.ops.drift import BASELINE_CARD_KEY, Baseline, baseline_from_card, load_baseline
     from dicomnode.ops.monitor import monitor
     from dicomnode.ops.report import performance_text, write_report
     from dicomnode.ops.tables import render_rows
-    from dicomnode.store.db import Store
 
     s = settings(args)
     baselines: dict[str, Baseline] = {}
@@ -126,7 +132,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             default = load_baseline(Path(args.baseline))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--baseline {args.baseline}: {exc}") from None
-    store = Store(s.effective_database_url)
+    store = open_existing_store(s)
     try:
         result = monitor(
             store,

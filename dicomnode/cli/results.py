@@ -7,19 +7,31 @@ import json
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicomnode.cli.settings import settings
 from dicomnode.config import ConfigError
 from dicomnode.logconfig import configure_logging
 
+if TYPE_CHECKING:
+    from dicomnode.store.queries import ResultRow
+
+
+def _to_result(row: ResultRow) -> float | None:
+    """Seconds from the last instance to the results accepted by every destination; none for a
+    study whose results were not delivered (failed delivery, not applicable, failed, no
+    destination), where a time "to result" would time something that never reached a reader."""
+    if row.delivered_at is None:
+        return None
+    return (row.delivered_at - row.last_received_at).total_seconds()
+
 
 def cmd_results(args: argparse.Namespace) -> int:
     """Print studies and their latest analysis (:func:`dicomnode.store.queries.result_rows`)."""
-    from dicomnode.store.db import Store
+    from dicomnode.cli.database import open_existing_store
     from dicomnode.store.queries import result_rows
 
-    s = settings(args)
-    store = Store(s.effective_database_url)
+    store = open_existing_store(settings(args))
     try:
         rows = result_rows(store, limit=args.limit)
     finally:
@@ -27,14 +39,15 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(
             json.dumps(
-                [r.__dict__ | {"seconds_to_result": r.seconds_to_result} for r in rows], default=str, indent=1
+                [r.__dict__ | {"seconds_to_result": _to_result(r)} for r in rows], default=str, indent=1
             )
         )
         return 0
     print(f"{'study UID':<64} {'state':<16} {'score':>6} {'priority':<8} {'model':<24} {'s-to-result':>11}")
     for r in rows:
         score = f"{r.score:.3f}" if r.score is not None else "-"
-        ttr = f"{r.seconds_to_result:.2f}" if r.seconds_to_result is not None else "-"
+        seconds = _to_result(r)
+        ttr = f"{seconds:.2f}" if seconds is not None else "-"
         print(
             f"{r.study_uid:<64} {r.state:<16} {score:>6} {r.priority or '-':<8} {r.model_version or '-':<24} {ttr:>11}"
         )
@@ -52,9 +65,9 @@ def cmd_worklist(args: argparse.Namespace) -> int:
         for line in skipped:
             print(f"skipped {line}", file=sys.stderr)
     else:
-        from dicomnode.store.db import Store
+        from dicomnode.cli.database import open_existing_store
 
-        store = Store(settings(args).effective_database_url)
+        store = open_existing_store(settings(args))
         try:
             entries = entries_from_store(store)
         finally:
@@ -66,7 +79,7 @@ def cmd_worklist(args: argparse.Namespace) -> int:
 
 def cmd_resend(args: argparse.Namespace) -> int:
     """Deliver results again (:mod:`dicomnode.delivery`); exit 1 when a study is not delivered."""
-    from dicomnode.store.db import Store
+    from dicomnode.cli.database import open_existing_store
     from dicomnode.store.models import StudyState
     from dicomnode.store.queries import studies_in_state
 
@@ -76,7 +89,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to re-send to: set DICOMNODE_DESTINATIONS, e.g. PACS@10.0.0.5:104")
     from dicomnode.delivery import resend
 
-    store = Store(s.effective_database_url)
+    store = open_existing_store(s)
     uids = list(args.study_uids)
     if args.failed:
         uids += [uid for uid, _ in studies_in_state(store, StudyState.DELIVERY_FAILED)]

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, select
+from sqlalchemy import ColumnElement, Select, case, func, select, true
+from sqlalchemy.orm import aliased
 
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Event, Study, StudyState
@@ -63,7 +64,10 @@ class AuditFilter:
     until: datetime | None = None
     calling_ae: str | None = None
     states: tuple[str, ...] = ()
-    model_version: str | None = None  # of the study's latest analysis
+    #: studies any analysis of which this model version made (not only the latest: after an
+    #: upgrade and a rollback both versions' studies stay findable); the row then shows the
+    #: latest analysis by this version
+    model_version: str | None = None
     failed_deliveries: bool = False  # only studies with at least one failed delivery attempt
     study_uid: str | None = None
     accession_number: str | None = None
@@ -99,7 +103,7 @@ def _study_conditions(f: AuditFilter, latest: Any) -> list[ColumnElement[bool]]:
     if f.accession_number is not None:
         conds.append(Study.accession_number == f.accession_number)
     if f.model_version is not None:
-        conds.append(latest.model_version == f.model_version)
+        conds.append(Study.id.in_(select(Analysis.study_id).where(Analysis.model_version == f.model_version)))
     if f.failed_deliveries:
         conds.append(
             Study.id.in_(
@@ -109,6 +113,27 @@ def _study_conditions(f: AuditFilter, latest: Any) -> list[ColumnElement[bool]]:
             )
         )
     return conds
+
+
+def _latest_analysis_join(dialect: str, model_version: str | None) -> tuple[Any, Any, ColumnElement[bool]]:
+    """:func:`~dicomnode.store.queries.latest_analysis_join`, or with ``model_version`` the same
+    for the latest analysis that version made (the highest ``analyses.id`` among them)."""
+    if model_version is None:
+        return latest_analysis_join(dialect)
+    by_version = Analysis.model_version == model_version
+    if dialect == "postgresql":
+        latest = (
+            select(Analysis)
+            .where(Analysis.study_id == Study.id, by_version)
+            .order_by(Analysis.id.desc())
+            .limit(1)
+            .lateral("latest_analysis_of_version")
+        )
+        return aliased(Analysis, latest), latest, true()
+    newest = (
+        select(func.max(Analysis.id)).where(Analysis.study_id == Study.id, by_version).correlate(Study)
+    ).scalar_subquery()
+    return Analysis, Analysis, Analysis.id == newest
 
 
 # ------------------------------------------------------------------------------------ studies
@@ -134,12 +159,15 @@ class StudyRow:
     finished_at: datetime | None
     delivered_at: datetime | None
     failed_attempts: int
-    seconds_to_result: float | None  # last instance received -> delivered (or finished)
+    #: last instance received -> results accepted by every destination; None unless delivered (a
+    #: failed delivery, not applicable or failed study has no time to a result a reader saw)
+    seconds_to_result: float | None
 
 
 def studies_query(f: AuditFilter, limit: int | None = 100, dialect: str = "sqlite") -> Select:
-    """Studies matching ``f`` with their latest analysis, newest first."""
-    a, join_to, on = latest_analysis_join(dialect)
+    """Studies matching ``f`` with their latest analysis (by ``f.model_version``, if given), newest
+    first."""
+    a, join_to, on = _latest_analysis_join(dialect, f.model_version)
     failed = (
         select(func.count())
         .select_from(DeliveryAttempt)
@@ -179,7 +207,6 @@ def studies(store: Store, f: AuditFilter, limit: int | None = 100) -> list[Study
         for r in s.execute(studies_query(f, limit, store.engine.dialect.name)):
             last = as_utc(r.last_received_at) or r.last_received_at
             delivered, finished = as_utc(r.delivered_at), as_utc(r.finished_at)
-            end = delivered or finished
             out.append(
                 StudyRow(
                     study_uid=r.study_uid,
@@ -198,7 +225,9 @@ def studies(store: Store, f: AuditFilter, limit: int | None = 100) -> list[Study
                     finished_at=finished,
                     delivered_at=delivered,
                     failed_attempts=int(r.failed_attempts or 0),
-                    seconds_to_result=None if end is None else round((end - last).total_seconds(), 3),
+                    seconds_to_result=None
+                    if delivered is None
+                    else round((delivered - last).total_seconds(), 3),
                 )
             )
     return out

@@ -80,19 +80,24 @@ def table_cells(
     return names, [[_cell(getattr(r, n)) for n in names] for r in rows]
 
 
-def render_rows(rows: Sequence[Any], fmt: str, *, columns: Sequence[str] | None = None) -> str:
+def render_rows(
+    rows: Sequence[Any], fmt: str, *, columns: Sequence[str] | None = None, row_type: type | None = None
+) -> str:
     """``rows`` (dataclass instances of one type) as ``table``, ``csv`` or ``json``.
 
     ``columns`` picks and orders the table's columns; CSV and JSON always carry every field.
+    ``row_type`` (the rows' dataclass) gives the CSV header when there are no rows: a script or
+    spreadsheet reading the file finds its columns either way.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
     if fmt == "json":
         return json.dumps(row_dicts(rows), indent=1)
     if fmt == "csv":
-        if not rows:
-            return ""
-        return render_csv(row_dicts(rows), [f.name for f in dataclasses.fields(rows[0])])
+        kind = type(rows[0]) if rows else row_type
+        if kind is None:
+            raise ValueError("render_rows: no rows, so give row_type for the CSV header")
+        return render_csv(row_dicts(rows), [f.name for f in dataclasses.fields(kind)]).rstrip("\n")
     if not rows:
         return "(no rows)"
     names, cells = table_cells(rows, columns)

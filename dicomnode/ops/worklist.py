@@ -58,6 +58,19 @@ def entries_from_srs(paths: Iterable[Path]) -> tuple[list[WorklistEntry], list[s
     return [e for _, e in latest.values()], skipped
 
 
+#: The worklist's columns, in order (the CSV header, also when the list is empty).
+COLUMNS = (
+    "rank",
+    "study_uid",
+    "accession",
+    "priority",
+    "probability",
+    "reason",
+    "arrived_at",
+    "waited_minutes",
+)
+
+
 def _rows(ranked: list[RankedEntry]) -> list[dict[str, object]]:
     return [
         {
@@ -80,7 +93,7 @@ def render(ranked: list[RankedEntry], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=1)
     if fmt == "csv":  # the accession number comes from the sender: escaped like every CSV cell
-        return render_csv(rows, list(rows[0]) if rows else ["rank"])
+        return render_csv(rows, COLUMNS).rstrip("\n")  # print() ends the last line
     lines = [f"{'#':>3} {'reason':<8} {'prob':>6} {'waited':>8}  study UID"]
     for r in rows:
         prob = "-" if r["probability"] is None else f"{r['probability']:.3f}"

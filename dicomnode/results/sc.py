@@ -17,18 +17,32 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode.model.card import ModelCard
+from dicomnode.model.preprocess import DisplayImage
 from dicomnode.results.equipment import check_inputs, model_equipment
 from dicomnode.results.evidence import chest_orientation, evidence_header
 from dicomnode.results.finding import Finding
 from dicomnode.results.render import display_image, render_heatmap
-from dicomnode.results.uids import ResultUIDs, result_uids
+from dicomnode.results.uids import ResultUIDs, result_uids, series_description
 
-__all__ = ["BANNER", "SC_SERIES_DESCRIPTION", "SC_SERIES_NUMBER", "banner_lines", "build_heatmap_sc"]
+__all__ = [
+    "BANNER",
+    "SC_SERIES_DESCRIPTION",
+    "SC_SERIES_DESCRIPTIONS",
+    "SC_SERIES_NUMBER",
+    "banner_lines",
+    "build_heatmap_sc",
+]
 
 #: First banner line, burned into every heatmap.
 BANNER = "NOT FOR DIAGNOSTIC USE"
 SC_SERIES_NUMBER = 9902
 SC_SERIES_DESCRIPTION = "AI pneumonia heatmap - NOT FOR DIAGNOSTIC USE"
+#: The SC's Series Description with the model version, fullest first (:func:`series_description`)
+SC_SERIES_DESCRIPTIONS = (
+    "AI pneumonia heatmap {version} - NOT FOR DIAGNOSTIC USE",
+    "AI heatmap {version} - NOT FOR DIAGNOSTIC USE",
+    "AI heatmap {version} NOT FOR DIAGNOSIS",
+)
 
 
 def banner_lines(finding: Finding) -> list[str]:
@@ -44,6 +58,7 @@ def build_heatmap_sc(
     *,
     uids: ResultUIDs | None = None,
     minimal: bool = False,
+    display: DisplayImage | None = None,
 ) -> Dataset:
     """Build the RGB Secondary Capture of ``cam`` over ``source`` in the source's study.
 
@@ -64,6 +79,10 @@ def build_heatmap_sc(
     minimal:
         Copy only what files the image with the patient and study, as
         :func:`~dicomnode.results.sr.build_sr` does with ``minimal``.
+    display:
+        ``source``'s pixels as :func:`~dicomnode.model.preprocess.display_image_of` made them
+        with :data:`~dicomnode.results.render.MAX_SIDE` where the image was decoded (the worker
+        decodes in a memory-limited process); None decodes ``source`` here.
 
     Raises
     ------
@@ -79,7 +98,7 @@ def build_heatmap_sc(
         uids = result_uids(str(source.StudyInstanceUID), card.version)
 
     rendered = render_heatmap(
-        display_image(source, card.preprocess),
+        display if display is not None else display_image(source, card.preprocess),
         cam,
         keep_aspect=bool(card.preprocess.get("keep_aspect", True)),
         lines=banner_lines(finding),
@@ -104,7 +123,7 @@ def build_heatmap_sc(
         manufacturer=card.manufacturer,
         manufacturer_model_name=card.name,
         software_versions=card.version,
-        series_description=SC_SERIES_DESCRIPTION,
+        series_description=series_description(SC_SERIES_DESCRIPTIONS, card.version),
         pixel_spacing=spacing,  # type: ignore[arg-type]  # highdicom annotates ints
         patient_orientation=chest_orientation(reference),
         transfer_syntax_uid=ExplicitVRLittleEndian,

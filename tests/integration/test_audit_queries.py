@@ -118,7 +118,10 @@ def test_each_filter_narrows_the_studies(store: Store) -> None:
     assert uids(since=T0 + DAY, until=T0 + 3 * DAY) == ["1.2.2", "1.2.1"]  # until is exclusive
     assert uids(calling_ae="DX2") == ["1.2.4", "1.2.3", "1.2.2"]
     assert uids(states=("delivery_failed", "not_applicable")) == ["1.2.3", "1.2.1"]
-    assert uids(model_version="1.0") == ["1.2.1", "1.2.0"]  # not 1.2.5: re-analysed by 1.1
+    # every study 1.0 analysed, 1.2.5 too though 1.1 analysed it again (issue 18: findable after
+    # an upgrade and a rollback), the row showing 1.0's analysis
+    assert uids(model_version="1.0") == ["1.2.5", "1.2.1", "1.2.0"]
+    assert {r.model_version for r in audit.studies(store, audit.AuditFilter(model_version="1.0"))} == {"1.0"}
     assert uids(failed_deliveries=True) == ["1.2.2", "1.2.1"]
     assert uids(accession_number="ACC3") == ["1.2.3"]
     assert uids(study_uid="1.2.0") == ["1.2.0"]
