@@ -34,6 +34,8 @@ MIN_WIDTH = 160
 ALPHA_MAX = 0.5
 #: Largest text scale (pixels per font pixel).
 _MAX_SCALE = 6
+#: rows blended at a time
+_BAND_ROWS = 128
 
 _PAPER = np.array([0.08, 0.08, 0.08])
 _WARNING_INK = np.array([1.0, 0.85, 0.0])
@@ -101,19 +103,22 @@ def render_heatmap(
         k = -(-MIN_WIDTH // cols)
         out_rows, out_cols = rows * k, cols * k
         gray = np.repeat(np.repeat(gray, k, axis=0), k, axis=1)
-    gray = np.clip(gray, 0.0, 1.0)
-
     heat = _cam_on_image(cam, (rows, cols), (out_rows, out_cols), keep_aspect)
-    alpha = (ALPHA_MAX * heat)[..., None]
-    image = gray[..., None] * (1.0 - alpha) + jet(heat) * alpha
-
     banner = _banner(out_cols, lines, threshold)
-    pixels = np.concatenate([banner, image], axis=0)
-    return Rendered(
-        pixels=np.round(pixels * 255.0).astype(np.uint8),
-        banner_rows=banner.shape[0],
-        zoom=(rows / out_rows, cols / out_cols),
-    )
+    pixels = np.empty((banner.shape[0] + out_rows, out_cols, 3), dtype=np.uint8)
+    pixels[: banner.shape[0]] = _to_uint8(banner)
+    # a band of rows at a time: the float RGB of a whole 1024 px image is ~25 MiB an array, and
+    # blending makes several, which a worker would hold at once for every study
+    for top in range(0, out_rows, _BAND_ROWS):
+        band = slice(top, top + _BAND_ROWS)
+        alpha = (ALPHA_MAX * heat[band])[..., None]
+        image = np.clip(gray[band], 0.0, 1.0)[..., None] * (1.0 - alpha) + jet(heat[band]) * alpha
+        pixels[banner.shape[0] + top : banner.shape[0] + top + image.shape[0]] = _to_uint8(image)
+    return Rendered(pixels=pixels, banner_rows=banner.shape[0], zoom=(rows / out_rows, cols / out_cols))
+
+
+def _to_uint8(unit_rgb: np.ndarray) -> np.ndarray:
+    return np.round(unit_rgb * 255.0).astype(np.uint8)
 
 
 def _as_cam(cam: np.ndarray) -> np.ndarray:
