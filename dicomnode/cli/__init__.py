@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", help="with --state: first received from this time on (date, date-time, 7d)")
     sp.add_argument("--until", help="with --state: first received before this time")
     sp.add_argument("--calling-ae", help="with --state: studies sent by this AE title")
-    sp.add_argument("--model-version", help="with --state: studies whose latest analysis ran this version")
+    sp.add_argument("--model-version", help="with --state: studies any analysis by this version touched")
     sp.add_argument("--dry-run", action="store_true", help="list the studies, change nothing")
     sp.add_argument("--storage-dir")
     sp.set_defaults(func=reanalyse.cmd_reanalyse)
@@ -160,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="studies",
-        choices=["studies", "summary", "deliveries", "events"],
+        choices=["studies", "summary", "deliveries", "commitments", "events"],
         help="studies (default): each with its latest analysis; summary: counts per --by; "
-        "deliveries: C-STORE attempts of results (failed ones unless --all); events: the event log",
+        "deliveries: C-STORE attempts of results (failed ones unless --all); commitments: per result "
+        "object delivered and committed (storage commitment); events: the event log",
     )
     sp.add_argument("--storage-dir")
     sp.add_argument("--since", help="from this time on (first received / attempted / logged)")

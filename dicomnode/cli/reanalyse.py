@@ -50,7 +50,9 @@ def request_reanalysis(store: Store, study_uid: str) -> tuple[bool, StudyState |
     if before not in REANALYSABLE:
         return False, before
     # only_from: a study that moved on meanwhile (re-opened by a new instance) is left to the node
-    if not set_study_state(store, study_uid, StudyState.COMPLETE, REASON, only_from=REANALYSABLE):
+    if not set_study_state(
+        store, study_uid, StudyState.COMPLETE, REASON, only_from=REANALYSABLE, reset_attempts=True
+    ):
         return False, study_state(store, study_uid)
     add_event(store, "study.reanalyse_requested", study_uid, previous_state=before.value if before else None)
     return True, before

@@ -113,8 +113,7 @@ def same_dataset(new: str | Path, old: str | Path) -> bool:
 
 def own_result_uids(store: Store, study_uid: str) -> frozenset[str]:
     """The SOP Instance UIDs of the results the node made for ``study_uid``: the SR and SC of
-    every analysis of it, whichever model version (the same UIDs whenever a version analyses the
-    study again: :mod:`dicomnode.results.uids`)."""
+    every analysis of it, every revision and model version, as SQL recorded them."""
     with store.session() as s:
         rows = s.execute(
             select(Analysis.sr_sop_instance_uid, Analysis.sc_sop_instance_uid)

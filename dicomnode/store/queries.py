@@ -29,12 +29,12 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def study_instances(store: Store, study_uid: str) -> list[Instance]:
-    """All instances recorded for a study, in arrival order."""
+    """A study's instances still on disk (not purged by retention), in arrival order."""
     with store.session() as s:
         stmt = (
             select(Instance)
             .join(Study)
-            .where(Study.study_uid == study_uid)
+            .where(Study.study_uid == study_uid, Instance.purged_at.is_(None))
             .order_by(Instance.received_at, Instance.id)
         )
         return list(s.scalars(stmt))

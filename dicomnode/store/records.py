@@ -291,9 +291,15 @@ def set_study_state(
     reason: str | None = None,
     *,
     only_from: tuple[StudyState, ...] = (),
+    reset_attempts: bool = False,
 ) -> bool:
-    """Move a study to ``state`` (optionally only from given states); True if a row changed."""
+    """Move a study to ``state`` (optionally only from given states); True if a row changed.
+
+    ``reset_attempts``: the study's analysis attempts start again from 0 (an operator asked for a
+    fresh analysis of a study that had used them up)."""
     values: dict[str, Any] = {"state": state.value, "state_reason": reason, "updated_at": utcnow()}
+    if reset_attempts:
+        values["analysis_attempts"] = 0
     if state is StudyState.COMPLETE:
         values["completed_at"] = utcnow()
     with store.session() as s:

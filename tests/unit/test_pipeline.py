@@ -101,3 +101,28 @@ def test_a_study_without_a_chest_radiograph_is_not_applicable(pipeline: Pipeline
     assert outcome.state == StudyState.NOT_APPLICABLE
     assert study_state(pipeline.store, study_uid) == StudyState.NOT_APPLICABLE
     assert outcome.reason is not None and "KNEE" in outcome.reason.upper()
+
+
+def test_a_study_reopened_after_retention_purged_its_files_analyses_what_is_still_on_disk(
+    pipeline: Pipeline,
+) -> None:
+    from sqlalchemy import update
+
+    from dicomnode.store.models import Instance, utcnow
+
+    first = make_phantom(np.random.default_rng(10), True, size=128)
+    study_uid = _receive(pipeline, first)
+    with pipeline.store.session() as s:  # as dicomnode purge leaves it: row kept and marked, file gone
+        s.execute(update(Instance).values(purged_at=utcnow()))
+    instance_path(
+        pipeline.settings.instances_dir, first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID
+    ).unlink()
+    late = make_phantom(np.random.default_rng(11), True, size=128)
+    late.StudyInstanceUID = first.StudyInstanceUID
+    _receive(pipeline, late)
+
+    pipeline.analyse_study(study_uid)
+
+    analysis = latest_analysis(pipeline.store, study_uid)
+    assert analysis is not None and analysis.instances_analysed == 1
+    assert len(analysis.selection) == 1 and analysis.selection[0]["selected"], analysis.selection

@@ -89,6 +89,22 @@ def test_a_finished_analysis_resets_the_attempt_counter(store: Store, tmp_path: 
         _start(store, uid)
 
 
+def test_an_operators_reanalysis_gives_a_study_that_used_up_its_attempts_a_fresh_start(
+    store: Store, tmp_path: Path
+) -> None:
+    from dicomnode.cli.reanalyse import request_reanalysis
+
+    uid = _study(store, tmp_path)
+    for _ in range(3):
+        _start(store, uid)
+    with pytest.raises(AnalysisAttemptsExhausted):
+        _start(store, uid)
+    assert request_reanalysis(store, uid) == (True, StudyState.FAILED)
+    assert _attempts(store, uid) == 0 and study_state(store, uid) is StudyState.COMPLETE
+    _start(store, uid)  # not failed again at once
+    assert study_state(store, uid) is StudyState.ANALYSING
+
+
 def test_the_lease_goes_to_exactly_one_of_many_racing_claimers(store: Store, tmp_path: Path) -> None:
     uid = _study(store, tmp_path)
     set_study_state(store, uid, StudyState.COMPLETE)
