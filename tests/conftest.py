@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 import structlog.testing
 
@@ -182,6 +184,26 @@ def celery_worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], Celer
     yield start
     for w in workers:
         w.stop(grace=20)
+
+
+@pytest.fixture
+def dciodvfy_errors(tmp_path: Path) -> Callable[[pydicom.Dataset | Path], list[str]]:
+    """dciodvfy's lines starting with "Error" for a Part 10 file, or for a dataset written as one."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy (dicom3tools) is not on PATH")
+
+    def errors(ds: pydicom.Dataset | Path) -> list[str]:
+        if isinstance(ds, Path):
+            path = ds
+        else:
+            path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+        out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+        lines = (out.stdout + out.stderr).splitlines()
+        return [line for line in lines if line.startswith("Error")]
+
+    return errors
 
 
 def need_tool(name: str) -> str:

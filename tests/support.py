@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -76,6 +77,14 @@ def write_settings_toml(path: Path, settings: Settings) -> Path:
     lines = [f"{k} = " + json.dumps(v) for k, v in values.items()]  # a JSON string is a TOML string
     path.write_text("[dicomnode]\n" + "\n".join(lines) + "\n")
     return path
+
+
+def artefacts_dir() -> Path:
+    """Where a test leaves a table for people to read: ``$DICOMNODE_TEST_ARTEFACTS``, default
+    tests/artefacts/ (created)."""
+    d = Path(os.environ.get("DICOMNODE_TEST_ARTEFACTS") or Path(__file__).resolve().parent / "artefacts")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def free_port() -> int:

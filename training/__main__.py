@@ -9,8 +9,16 @@ Examples::
     python -m training quantize --model models/pneumonia.onnx --out models/pneumonia-int8.onnx \\
         --data folder --data-dir data/phantoms --labels data/phantoms.csv
     python -m training card models/pneumonia.onnx
+    python -m training train --data classes --data-dir ../shared/data/kermany-train \\
+        --val-fraction 0.15 --test-fraction 0.15 --image-size 64 --width 16 --epochs 10 --clip-grad 1.0 \\
+        --max-train-seconds 1500 --onnx models/kermany.onnx
+    python -m training evaluate --model models/kermany.onnx --data classes \\
+        --data-dir ../shared/data/kermany-train --val-fraction 0.15 --test-fraction 0.15 --split val \\
+        --out reports/kermany-val
 
 ``train`` prints the full command line that repeats the run (``train.start command=...``).
+``evaluate`` scores an exported model through the node's own inference path on any labelled set
+(the whole set, or one part of a training run's split) and writes metrics and a report.
 ``quantize`` takes the same data options as the training run: it rebuilds that run's validation
 split, calibrates on it and says whether the data fingerprint matches the model card's.
 """
@@ -19,24 +27,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dicomnode.model.card import DEFAULT_BASE_VERSION, weights_version
+
 if TYPE_CHECKING:
+    from training.image_sets import TableSpec
     from training.train import TrainConfig
 
 #: the subcommands; ``dicomnode train`` forwards to :func:`main`, adding ``train`` unless its
 #: first argument is one of these
-COMMANDS = ("demo-model", "phantoms", "train", "quantize", "card")
+COMMANDS = ("demo-model", "phantoms", "train", "quantize", "card", "evaluate")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
+    from training.datasets import DATA_SOURCES
+    from training.image_sets import UNCERTAIN_POLICIES, TableSpec
+
     d = p.add_argument_group("data")
-    d.add_argument("--data", choices=["phantoms", "folder", "rsna"], default="phantoms")
-    d.add_argument("--data-dir", type=Path, help="folder of DICOMs, or the RSNA download root")
-    d.add_argument("--labels", type=Path, help="CSV path,label[,patient_id] for --data folder")
+    d.add_argument("--data", choices=DATA_SOURCES, default="phantoms")
+    d.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder of DICOMs (folder), the RSNA download root (rsna), the folder of class folders "
+        "(classes) or the images' folder of a table (table; default: the table's folder)",
+    )
+    d.add_argument(
+        "--labels",
+        type=Path,
+        help="CSV path,label[,patient_id] for --data folder; the image table for --data table",
+    )
+    d.add_argument("--positive-class", default="PNEUMONIA", help="classes: the positive class folder")
+    t = TableSpec()
+    d.add_argument("--path-column", default=t.path_column, help="table: image path column")
+    d.add_argument("--label-column", default=t.label_column, help="table: label column")
+    d.add_argument("--finding", default=t.finding, help="table: positive finding in a '|' list")
+    d.add_argument("--patient-column", default=t.patient_column, help="table: patient ID column")
+    d.add_argument(
+        "--patient-pattern", default=t.patient_pattern, help="table: regex for the patient in the path"
+    )
+    d.add_argument(
+        "--uncertain", choices=UNCERTAIN_POLICIES, default=t.uncertain, help="table: reading of -1 labels"
+    )
     d.add_argument("--n-phantoms", type=int, default=600)
     d.add_argument("--phantom-size", type=int, default=256)
     d.add_argument("--positive-fraction", type=float, default=0.5)
@@ -58,6 +94,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--lr", type=float, default=1e-3)
     o.add_argument("--weight-decay", type=float, default=1e-4)
     o.add_argument("--warmup-epochs", type=float, default=1.0)
+    o.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
+    o.add_argument("--balance", choices=["loss", "sampler", "none"], default="loss")
     o.add_argument("--patience", type=int, default=5)
     o.add_argument("--target-sensitivity", type=float, default=0.9)
     o.add_argument("--no-augment", action="store_true")
@@ -74,7 +112,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--onnx", type=Path, help="export the best model here")
     r.add_argument("--report", type=Path, help="write report.md/.html with PNG plots to this folder")
     r.add_argument("--name", default="dicomnode-pneumonia")
-    r.add_argument("--version", default="0.1.0")
+    r.add_argument(
+        "--version",
+        default=DEFAULT_BASE_VERSION,
+        metavar="BASE",
+        help="base of the model version; the first 8 hex digits of the weights' SHA-256 are added "
+        f"(e.g. {DEFAULT_BASE_VERSION}+1a2b3c4d), so two different models never share a version "
+        f"(default {DEFAULT_BASE_VERSION})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     card = sub.add_parser("card", help="print the model card of an exported ONNX model")
     card.add_argument("model", type=Path)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="score an exported model on a labelled set through the node's inference path",
+        description="Scores an exported ONNX model on a labelled set (class folders, an image table, a "
+        "DICOM folder + CSV) with the node's own preprocessing and onnxruntime session, at the card's "
+        "threshold; writes evaluation.json/.md/.html with bootstrap CIs over patients. --split picks one "
+        "part of a training run's patient split (give that run's --val-fraction/--test-fraction/--seed).",
+    )
+    ev.add_argument("--model", type=Path, required=True, help="ONNX model exported by `train --onnx`")
+    ev.add_argument("--out", type=Path, required=True, help="folder for the evaluation and its plots")
+    ev.add_argument("--split", choices=["all", "train", "val", "test"], default="all")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the training run (its split)")
+    ev.add_argument("--threshold", type=float, help="operating point (default: the card's)")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CIs (0: none)")
+    ev.add_argument("--max-cases", type=int, help="score a random subset of this many cases")
+    _add_data_args(ev)
     return parser
 
 
@@ -148,6 +210,20 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def table_spec_from_args(args: argparse.Namespace) -> TableSpec:
+    """The image-table columns and label rules of the data options."""
+    from training.image_sets import TableSpec
+
+    return TableSpec(
+        path_column=args.path_column,
+        label_column=args.label_column,
+        finding=args.finding,
+        patient_column=args.patient_column,
+        patient_pattern=args.patient_pattern,
+        uncertain=args.uncertain,
+    )
+
+
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that ``python -m training train ARGS`` runs (imports torch)."""
     from dicomnode.model import PreprocessConfig
@@ -158,6 +234,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         data=args.data,
         data_dir=args.data_dir,
         labels_csv=args.labels,
+        positive_class=args.positive_class,
+        table=table_spec_from_args(args),
         n_phantoms=args.n_phantoms,
         phantom_size=args.phantom_size,
         phantom_positive_fraction=args.positive_fraction,
@@ -170,6 +248,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr,
         weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs,
+        clip_grad=args.clip_grad,
+        balance=args.balance,
         patience=args.patience,
         target_sensitivity=args.target_sensitivity,
         augment=not args.no_augment,
@@ -192,10 +272,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         raise ImportError(TORCH_MISSING) from None
     from training.export import export_onnx
-    from training.train import train
+    from training.train import train, weights_fingerprint
 
+    weights_version(args.version, "0" * 64)  # a bad --version fails now, not after training
     result = train(train_config_from_args(args))
-    card = result.card(name=args.name, version=args.version)
+    version = weights_version(args.version, weights_fingerprint(result.model))
+    card = result.card(name=args.name, version=version)
     if args.onnx is not None:
         export_onnx(result.model, args.onnx, card)
         print(f"train.exported onnx={args.onnx} version={card.version}")
@@ -240,6 +322,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         seed=args.seed,
+        positive_class=args.positive_class,
+        table=table_spec_from_args(args),
     )
     same = fingerprint == card.data_fingerprint
     print(
@@ -287,15 +371,79 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from dicomnode.model import PreprocessConfig, read_card
+    from training.assess import evaluate_model, write_evaluation
+    from training.datasets import load_source, split_source
+    from training.events import log_event
+
+    if args.data == "phantoms":
+        raise ValueError(
+            "evaluate scores files: write phantoms with `phantoms --labels` and use --data folder"
+        )
+    card = read_card(args.model)
+    source = {
+        "data_dir": args.data_dir,
+        "labels_csv": args.labels,
+        "seed": args.seed,
+        "positive_class": args.positive_class,
+        "table": table_spec_from_args(args),
+    }
+    same: bool | None = None
+    if args.split == "all":
+        samples = load_source(args.data, **source)[0]
+    else:
+        split, _, fingerprint = split_source(
+            args.data,
+            PreprocessConfig.from_dict(card.preprocess),
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            **source,
+        )
+        samples = getattr(split, args.split)
+        same = fingerprint == card.data_fingerprint
+        if not same:
+            print(
+                f"evaluate.warning data fingerprint {fingerprint} differs from the card's "
+                f"{card.data_fingerprint or '-'}: the split is not the training run's (give its --data, "
+                "--val-fraction, --test-fraction and --seed); its train part may overlap what you score",
+                file=sys.stderr,
+            )
+    if args.max_cases is not None and args.max_cases < len(samples):
+        pick = np.random.default_rng([args.seed, 0xE7A1]).permutation(len(samples))[: args.max_cases]
+        samples = [samples[i] for i in sorted(pick)]
+    log_event(
+        "evaluate.start",
+        model=str(args.model),
+        data=args.data,
+        split=args.split,
+        n=len(samples),
+        fingerprint_match=same,
+    )
+    ev = evaluate_model(
+        args.model, samples, threshold=args.threshold, bootstrap=args.bootstrap, seed=args.seed, log=log_event
+    )
+    data = f"{args.data} {args.data_dir or args.labels} split={args.split}"
+    path = write_evaluation(
+        args.out, ev, data=data, command=shlex.join(["python", "-m", "training", *args.argv])
+    )
+    print(f"evaluate.report path={path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     handlers = {
         "demo-model": _cmd_demo,
         "phantoms": _cmd_phantoms,
         "train": _cmd_train,
         "quantize": _cmd_quantize,
         "card": _cmd_card,
+        "evaluate": _cmd_evaluate,
     }
     try:
         return handlers[args.command](args)

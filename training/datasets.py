@@ -1,5 +1,6 @@
-"""Where training cases come from: a folder of DICOMs + labels CSV, the RSNA Kaggle layout, or
-phantoms made on the fly; a patient-level stratified split; loading into preprocessed arrays.
+"""Where training cases come from: a folder of DICOMs + labels CSV, the RSNA Kaggle layout, a folder
+of class folders or a table of PNG/JPEG images (:mod:`training.image_sets`), or phantoms made on the
+fly; a patient-level stratified split; loading into preprocessed arrays.
 
 No torch here: arrays are numpy; preprocessing runs in threads when asked.
 
@@ -8,6 +9,12 @@ Layouts
 *Folder*: any tree of DICOM files plus a CSV with a header row and columns ``path`` (relative to
 the folder, or absolute) and ``label`` (0/1); an optional ``patient_id`` column, else each file's
 PatientID is read from its header. ``python -m training phantoms --labels CSV`` writes one.
+
+The CSV may list PNG/JPEG files as well: any ``.png``/``.jpg``/``.jpeg`` is read by
+:mod:`training.image_files` through the same preprocessing as DICOM from the VOI step on.
+
+*Classes* and *table*: see :mod:`training.image_sets` (Kermany; NIH ChestX-ray14, CheXpert,
+MIMIC-CXR-JPG).
 
 *RSNA* (Kaggle RSNA Pneumonia Detection Challenge): ``stage_2_train_images/<patientId>.dcm`` and
 ``stage_2_train_labels.csv`` with columns ``patientId,x,y,width,height,Target``; several rows
@@ -23,12 +30,17 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 
 from dicomnode.model import PreprocessConfig, preprocess
 from dicomnode.testing.phantoms import PhantomStudy, make_phantom, phantom_labels, phantom_patient_id
+from training.image_files import is_image_file, preprocess_image
+
+if TYPE_CHECKING:
+    from training.image_sets import TableSpec
 
 RSNA_IMAGES = "stage_2_train_images"
 RSNA_LABELS = "stage_2_train_labels.csv"
@@ -107,6 +119,8 @@ def load_folder(root: Path, labels_csv: Path) -> list[Sample]:
             if label not in (0, 1):
                 raise ValueError(f"{labels_csv}:{line}: label {label} is not 0 or 1")
             patient = (row.get("patient_id") or "").strip()
+            if not patient and is_image_file(path):
+                patient = path.stem  # an image file has no header: one patient per file
             if not patient:
                 header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
                 patient = str(header.get("PatientID", "")) or path.stem
@@ -163,6 +177,10 @@ def load_rsna(root: Path) -> list[Sample]:
     return samples
 
 
+#: the data sources :func:`load_source` knows
+DATA_SOURCES = ("phantoms", "folder", "rsna", "classes", "table")
+
+
 def load_source(
     source: str,
     *,
@@ -172,8 +190,15 @@ def load_source(
     phantom_size: int = 256,
     positive_fraction: float = 0.5,
     seed: int = 0,
+    positive_class: str = "PNEUMONIA",
+    table: TableSpec | None = None,
 ) -> tuple[list[Sample], PhantomSpec | None]:
-    """The samples of a data source ("phantoms", "folder" or "rsna") and, for phantoms, their spec."""
+    """The samples of a data source (one of :data:`DATA_SOURCES`) and, for phantoms, their spec.
+
+    "classes": ``data_dir`` holds one folder per class, ``positive_class`` the positives;
+    "table": ``labels_csv`` is an image table read as ``table`` says, paths relative to
+    ``data_dir`` (default: the table's folder).
+    """
     if source == "phantoms":
         spec = PhantomSpec(seed=seed, size=phantom_size)
         return phantom_samples(n_phantoms, spec, positive_fraction), spec
@@ -185,7 +210,19 @@ def load_source(
         if data_dir is None:
             raise ValueError("data 'rsna' needs --data-dir pointing at the unzipped Kaggle download")
         return load_rsna(data_dir), None
-    raise ValueError(f"data source {source!r} is unknown: use phantoms, folder or rsna")
+    if source == "classes":
+        from training.image_sets import load_class_folders
+
+        if data_dir is None:
+            raise ValueError("data 'classes' needs --data-dir DIR holding one folder per class")
+        return load_class_folders(data_dir, positive=positive_class), None
+    if source == "table":
+        from training.image_sets import load_table
+
+        if labels_csv is None:
+            raise ValueError("data 'table' needs --labels CSV (e.g. NIH's Data_Entry_2017.csv)")
+        return load_table(labels_csv, data_dir, table), None
+    raise ValueError(f"data source {source!r} is unknown: use one of {', '.join(DATA_SOURCES)}")
 
 
 def split_by_patient(
@@ -237,6 +274,8 @@ def split_source(
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     seed: int = 0,
+    positive_class: str = "PNEUMONIA",
+    table: TableSpec | None = None,
 ) -> tuple[Split, PhantomSpec | None, str]:
     """A data source's patient split, its phantom spec (phantoms only) and the data fingerprint
     a model trained on it carries in its card (``ModelCard.data_fingerprint``); reads no pixels."""
@@ -248,10 +287,30 @@ def split_source(
         phantom_size=phantom_size,
         positive_fraction=positive_fraction,
         seed=seed,
+        positive_class=positive_class,
+        table=table,
     )
     split = split_by_patient(samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    fp = fingerprint(samples, source, phantom, preprocess_config.to_dict(), val_fraction, test_fraction, seed)
+    extra: tuple[object, ...] = (
+        source,
+        phantom,
+        preprocess_config.to_dict(),
+        val_fraction,
+        test_fraction,
+        seed,
+    )
+    if source == "classes":
+        extra += (positive_class,)
+    elif source == "table":
+        extra += ((table or _default_table()).to_dict(),)
+    fp = fingerprint(samples, *extra)
     return split, phantom, fp
+
+
+def _default_table() -> TableSpec:
+    from training.image_sets import TableSpec
+
+    return TableSpec()
 
 
 def fingerprint(samples: Iterable[Sample], *extra: object) -> str:
@@ -265,8 +324,10 @@ def fingerprint(samples: Iterable[Sample], *extra: object) -> str:
 
 
 def load_one(sample: Sample, config: PreprocessConfig, phantom: PhantomSpec | None) -> np.ndarray:
-    """Preprocess one sample: read its file, or make its phantom."""
+    """Preprocess one sample: read its file (DICOM, or PNG/JPEG by its ending), or make its phantom."""
     ds: pydicom.Dataset
+    if sample.path is not None and is_image_file(sample.path):
+        return preprocess_image(sample.path, config)
     if sample.path is not None:
         ds = pydicom.dcmread(sample.path)
     else:
@@ -323,6 +384,7 @@ def load_arrays(
 
 
 __all__ = [
+    "DATA_SOURCES",
     "PhantomSpec",
     "Sample",
     "Split",

@@ -146,6 +146,7 @@ def evaluate_scores(
     bootstrap: int = 0,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All metrics for one set of scores.
 
@@ -153,7 +154,8 @@ def evaluate_scores(
     validation only, and pass the result in for test data). ``bootstrap > 0`` adds
     ``<metric>_ci = [lo, hi]`` for each of :data:`CI_METRICS` (``bootstrap`` resamples, seeded;
     the threshold stays fixed, so the sensitivity interval leaves out the threshold's own
-    uncertainty).
+    uncertainty). ``groups`` (one patient ID per case) resamples patients instead of cases, all
+    images of a drawn patient together: the interval then reflects how many patients were seen.
     """
     y, s = _check(y_true, scores)
     if threshold is None:
@@ -176,9 +178,12 @@ def evaluate_scores(
             "specificity": lambda yy, ss: metrics_at_threshold(yy, ss, thr)["specificity"],
         }
         for name in CI_METRICS:
-            lo, hi = bootstrap_ci(y, s, fns[name], n=bootstrap, seed=seed, alpha=alpha)
+            lo, hi = bootstrap_ci(y, s, fns[name], n=bootstrap, seed=seed, alpha=alpha, groups=groups)
             out[f"{name}_ci"] = [lo, hi]
-        out["ci"] = {"method": "percentile bootstrap", "n": int(bootstrap), "alpha": float(alpha)}
+        method = "percentile bootstrap" + (" over patients" if groups is not None else "")
+        out["ci"] = {"method": method, "n": int(bootstrap), "alpha": float(alpha)}
+        if groups is not None:
+            out["n_patients"] = int(len(np.unique(np.asarray(groups))))
     return out
 
 
@@ -233,23 +238,26 @@ def bootstrap_ci(
     n: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap ``(1 - alpha)`` confidence interval of ``metric_fn(y, scores)``.
 
     Cases are resampled with replacement ``n`` times; resamples on which the metric is undefined
-    (one class only: ValueError, or NaN) are drawn again, up to ``n`` extra times.
+    (one class only: ValueError, or NaN) are drawn again, up to ``n`` extra times. With
+    ``groups`` (a label per case, e.g. the patient), whole groups are resampled (cluster bootstrap).
     """
     if n < 1:
         raise ValueError(f"bootstrap n={n} must be at least 1 (e.g. 1000)")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha={alpha} must lie in (0, 1), e.g. 0.05 for a 95 % interval")
     y, s = _check(y_true, scores)
+    draw = _resampler(y.size, groups)
     rng = np.random.default_rng([seed, 0xB007])
     values: list[float] = []
     tries = 0
     while len(values) < n and tries < 2 * n:
         tries += 1
-        idx = rng.integers(0, y.size, y.size)
+        idx = draw(rng)
         try:
             v = float(metric_fn(y[idx], s[idx]))
         except ValueError:
@@ -263,6 +271,28 @@ def bootstrap_ci(
         )
     lo, hi = np.quantile(np.asarray(values), [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(lo), float(hi)
+
+
+def _resampler(n_cases: int, groups: np.ndarray | None) -> Callable[[np.random.Generator], np.ndarray]:
+    """A function drawing one bootstrap resample's case indices: cases, or whole groups."""
+    if groups is None:
+        return lambda rng: rng.integers(0, n_cases, n_cases)
+    g = np.asarray(groups).ravel()
+    if g.size != n_cases:
+        raise ValueError(f"groups has {g.size} entries but there are {n_cases} cases")
+    _, codes = np.unique(g, return_inverse=True)
+    order = np.argsort(codes, kind="mergesort")
+    starts = np.r_[0, np.cumsum(np.bincount(codes))]
+    sizes = np.diff(starts)
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        picked = rng.integers(0, sizes.size, sizes.size)
+        # the case indices of each picked group, concatenated
+        lengths = sizes[picked]
+        offsets = np.repeat(starts[picked] - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+        return order[np.arange(lengths.sum()) + offsets]
+
+    return draw
 
 
 __all__ = [

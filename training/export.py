@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from dicomnode.model import CAM_OUTPUT, INPUT_NAME, METADATA_KEY, PROBABILITY_OUTPUT, ModelCard
+from dicomnode.model.card import check_version
 from training.model import ResNetCAM
 
 #: ONNX opset of exported models (onnxruntime >= 1.18 runs it)
@@ -39,6 +40,7 @@ def export_onnx(model: ResNetCAM, path: Path, card: ModelCard, *, atol: float = 
     The input size comes from ``card.preprocess["size"]``. Raises :class:`ExportMismatchError`
     when onnxruntime's outputs differ from torch's by more than ``atol`` on random input.
     """
+    check_version(card.version)  # it names the model in DICOM (LO, 64 characters) and SQL
     size = int(card.preprocess.get("size", 0))
     if size <= 0:
         raise ValueError(

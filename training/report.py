@@ -227,13 +227,15 @@ def curves_charts(history: Sequence[Mapping[str, float]]) -> list[tuple[str, Cha
     return [("loss.png", loss), ("val_auroc.png", auc)]
 
 
-def _md_table(rows: list[list[str]]) -> str:
+def md_table(rows: list[list[str]]) -> str:
+    """A Markdown table: the first row is the header."""
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     return "\n".join(lines)
 
 
-def _html_table(rows: list[list[str]]) -> str:
+def html_table(rows: list[list[str]]) -> str:
+    """An HTML table (cells escaped): the first row is the header."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -306,22 +308,22 @@ def write_report(
         else "No confidence intervals (trained with --bootstrap 0)."
     )
     table = metrics_table(val_m, test_m)
-    md = [f"# Training report: {card.name} {card.version}", "", _md_table([["", ""], *summary]), ""]
+    md = [f"# Training report: {card.name} {card.version}", "", md_table([["", ""], *summary]), ""]
     if command:
         md += ["Repeat this run with:", "", "```", command, "```", ""]
     md += [
         "## Metrics",
         "",
-        _md_table(table),
+        md_table(table),
         "",
         ci_note,
         "",
         "Confusion matrix at the threshold, validation:",
         "",
     ]
-    md += [_md_table(confusion_table(val_m)), ""]
+    md += [md_table(confusion_table(val_m)), ""]
     if test_m:
-        md += ["Confusion matrix at the threshold, test:", "", _md_table(confusion_table(test_m)), ""]
+        md += ["Confusion matrix at the threshold, test:", "", md_table(confusion_table(test_m)), ""]
     md += ["## Plots", ""]
     for filename, caption, _ in figures:
         md += [f"![{caption}]({filename})", "", f"*{caption}*", ""]
@@ -330,14 +332,14 @@ def write_report(
     esc = html.escape
     body = [
         f"<h1>Training report: {esc(card.name)} {esc(card.version)}</h1>",
-        _html_table([["", ""], *summary]),
+        html_table([["", ""], *summary]),
     ]
     if command:
         body.append(f"<p>Repeat this run with:</p><pre>{esc(command)}</pre>")
-    body += ["<h2>Metrics</h2>", _html_table(table), f"<p>{esc(ci_note)}</p>"]
-    body += ["<p>Confusion matrix at the threshold, validation:</p>", _html_table(confusion_table(val_m))]
+    body += ["<h2>Metrics</h2>", html_table(table), f"<p>{esc(ci_note)}</p>"]
+    body += ["<p>Confusion matrix at the threshold, validation:</p>", html_table(confusion_table(val_m))]
     if test_m:
-        body += ["<p>Confusion matrix at the threshold, test:</p>", _html_table(confusion_table(test_m))]
+        body += ["<p>Confusion matrix at the threshold, test:</p>", html_table(confusion_table(test_m))]
     body.append("<h2>Plots</h2>")
     for filename, caption, _ in figures:
         body.append(
@@ -361,6 +363,8 @@ __all__ = [
     "calibration_chart",
     "confusion_table",
     "curves_charts",
+    "html_table",
+    "md_table",
     "metrics_table",
     "pr_chart",
     "roc_chart",

@@ -7,9 +7,11 @@ machine and thread count; with ``out_dir`` set, every epoch writes ``checkpoint.
 started again with ``resume=True`` continues where it stopped.
 
 Recipe: AdamW (no weight decay on norms and biases), linear warm-up then cosine decay per step,
-``pos_weight`` class weighting in the BCE loss, augmentation safe for chest radiographs (small
+optional gradient-norm clipping, class balance by ``pos_weight`` in the BCE loss or by a balanced
+sampler, augmentation safe for chest radiographs (small
 rotation, scale and shift, brightness and contrast; never a left-right flip, which would put the
 heart on the wrong side), early stopping on validation AUROC, best weights restored at the end.
+Validation runs with BatchNorm in eval mode (running statistics), as the exported model does.
 
 The final validation (and test) metrics carry the calibration error and percentile-bootstrap
 confidence intervals (``TrainConfig.bootstrap`` resamples); :meth:`TrainResult.card` adds the
@@ -37,21 +39,32 @@ from pydicom.uid import generate_uid
 
 from dicomnode.model import ModelCard, PreprocessConfig, score_histogram
 from training import datasets
+from training.datasets import DATA_SOURCES
 from training.evaluate import evaluate_scores, round_metrics
+from training.events import log_event
+from training.image_sets import TableSpec
 from training.model import ModelConfig, ResNetCAM, build_model
 
-DATA_SOURCES = ("phantoms", "folder", "rsna")
 CHECKPOINT_NAME = "checkpoint.pt"
+
+#: how the classes are balanced: "loss" weights positives by n_neg/n_pos in the BCE loss, "sampler"
+#: draws each batch with both classes equally likely (with replacement), "none" does neither
+BALANCE_MODES = ("loss", "sampler", "none")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run."""
 
-    #: "phantoms" (made on the fly), "folder" (data_dir + labels_csv) or "rsna" (data_dir)
+    #: "phantoms" (made on the fly), "folder" (data_dir + labels_csv), "rsna" (data_dir),
+    #: "classes" (data_dir of class folders) or "table" (labels_csv image table [+ data_dir])
     data: str = "phantoms"
     data_dir: Path | None = None
     labels_csv: Path | None = None
+    #: data "classes": the folder name of the positive class
+    positive_class: str = "PNEUMONIA"
+    #: data "table": the columns and label rules of the image table
+    table: TableSpec = field(default_factory=TableSpec)
     n_phantoms: int = 600
     phantom_size: int = 256
     phantom_positive_fraction: float = 0.5
@@ -64,6 +77,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
+    #: clip the gradient's global L2 norm to this (0: no clipping)
+    clip_grad: float = 0.0
+    #: one of :data:`BALANCE_MODES`
+    balance: str = "loss"
     patience: int = 5
     target_sensitivity: float = 0.9
     augment: bool = True
@@ -77,7 +94,9 @@ class TrainConfig:
     #: where checkpoint.pt goes; None: no checkpoints
     out_dir: Path | None = None
     resume: bool = False
-    #: stop after the first epoch that ends past this many seconds of training
+    #: training time budget: after each epoch the cosine schedule is fitted to the epochs that the
+    #: budget holds at the pace so far (at most ``epochs``), so the learning rate anneals before the
+    #: budget ends; training stops after the first epoch that ends past it
     max_train_seconds: float | None = None
     #: bootstrap resamples for the confidence intervals of the final metrics (0: none)
     bootstrap: int = 1000
@@ -89,6 +108,12 @@ class TrainConfig:
             raise ValueError(f"data={self.data!r} needs data_dir (--data-dir DIR)")
         if self.data == "folder" and self.labels_csv is None:
             raise ValueError("data='folder' needs labels_csv (--labels CSV with path,label)")
+        if self.data == "table" and self.labels_csv is None:
+            raise ValueError("data='table' needs labels_csv (--labels CSV, e.g. Data_Entry_2017.csv)")
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance={self.balance!r} is unknown: use one of {BALANCE_MODES}")
+        if self.clip_grad < 0:
+            raise ValueError(f"clip_grad={self.clip_grad} must be >= 0 (0 turns clipping off)")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}: need >= 1, >= 2")
         if self.bootstrap < 0:
@@ -101,6 +126,7 @@ class TrainConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["preprocess"] = self.preprocess.to_dict()
         d["model"] = self.model.to_dict()
+        d["table"] = self.table.to_dict()
         for k in ("data_dir", "labels_csv", "out_dir"):
             d[k] = None if d[k] is None else str(d[k])
         return d
@@ -112,6 +138,13 @@ class TrainConfig:
             argv += ["--data-dir", str(self.data_dir)]
         if self.labels_csv is not None:
             argv += ["--labels", str(self.labels_csv)]
+        if self.data == "classes":
+            argv += ["--positive-class", self.positive_class]
+        if self.data == "table":
+            t = self.table
+            argv += ["--path-column", t.path_column, "--label-column", t.label_column]
+            argv += ["--finding", t.finding, "--patient-column", t.patient_column]
+            argv += ["--patient-pattern", t.patient_pattern, "--uncertain", t.uncertain]
         if self.data == "phantoms":
             argv += ["--n-phantoms", str(self.n_phantoms), "--phantom-size", str(self.phantom_size)]
             argv += ["--positive-fraction", str(self.phantom_positive_fraction)]
@@ -122,6 +155,10 @@ class TrainConfig:
         argv += ["--epochs", str(self.epochs), "--batch-size", str(self.batch_size)]
         argv += ["--lr", str(self.lr), "--weight-decay", str(self.weight_decay)]
         argv += ["--warmup-epochs", str(self.warmup_epochs), "--patience", str(self.patience)]
+        if self.clip_grad:
+            argv += ["--clip-grad", str(self.clip_grad)]
+        if self.balance != TrainConfig.balance:
+            argv += ["--balance", self.balance]
         argv += ["--target-sensitivity", str(self.target_sensitivity), "--seed", str(self.seed)]
         if not self.augment:
             argv.append("--no-augment")
@@ -214,12 +251,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def log_event(event: str, **fields: Any) -> None:
-    """Default progress logger: ``event key=value ...`` on stdout."""
-    parts = [event] + [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()]
-    print(" ".join(parts), flush=True)
-
-
 def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random small affine (rotation +-7 deg, scale 0.92-1.08, shift +-5 %) and
     brightness/contrast; no flips."""
@@ -286,11 +317,13 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     ]
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def _lr_lambda(total_steps: list[int], warmup_steps: int) -> Callable[[int], float]:
+    """Warm-up then cosine to ``total_steps[0]`` (a list: the time budget may change it)."""
+
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps[0] - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
@@ -310,7 +343,14 @@ def split_data(config: TrainConfig) -> tuple[datasets.Split, datasets.PhantomSpe
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
         seed=config.seed,
+        positive_class=config.positive_class,
+        table=config.table,
     )
+
+
+def _patients(samples: list[datasets.Sample]) -> np.ndarray:
+    """Patient IDs of ``samples``, for bootstrapping over patients (never logged)."""
+    return np.array([s.patient_id for s in samples])
 
 
 def _load_data(
@@ -354,11 +394,18 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
     # drop a last batch of one: BatchNorm cannot train on it
     if n_train % config.batch_size == 1:
         steps_per_epoch -= 1
-    total_steps = steps_per_epoch * config.epochs
+    planned_epochs = config.epochs
+    total_steps = [steps_per_epoch * planned_epochs]
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup))
     n_pos = float(y_train.sum())
-    pos_weight = torch.tensor((n_train - n_pos) / max(n_pos, 1.0), device=device)
+    pos_weight = torch.tensor(
+        (n_train - n_pos) / max(n_pos, 1.0) if config.balance == "loss" else 1.0, device=device
+    )
+    # "sampler": each case drawn with probability 1 / (2 x its class's count), so both classes
+    # are equally likely in every batch
+    class_count = torch.tensor([n_train - n_pos, n_pos]).clamp(min=1.0)
+    draw_weights = (1.0 / class_count)[torch.from_numpy(y_train).long()]
 
     start_epoch, best_auroc, best_epoch, bad_epochs = 0, -1.0, 0, 0
     best_state = copy.deepcopy(model.state_dict())
@@ -377,6 +424,8 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
         best_state, best_auroc = ckpt["best_state"], ckpt["best_auroc"]
         best_epoch, bad_epochs, history = ckpt["best_epoch"], ckpt["bad_epochs"], ckpt["history"]
         start_epoch = ckpt["epoch"]
+        planned_epochs = int(ckpt.get("planned_epochs", config.epochs))
+        total_steps[0] = steps_per_epoch * planned_epochs
         log("train.resume", checkpoint=str(ckpt_path), epoch=start_epoch)
 
     x_train_t = torch.from_numpy(x_train)
@@ -387,10 +436,16 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
         if bad_epochs >= config.patience:
             stopped = "early"
             break
+        if epoch >= planned_epochs:
+            stopped = "time"
+            break
         model.train()
         # one generator per epoch: a resumed run sees the same batches and augmentations
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        order = torch.randperm(n_train, generator=gen)
+        if config.balance == "sampler":
+            order = torch.multinomial(draw_weights, n_train, replacement=True, generator=gen)
+        else:
+            order = torch.randperm(n_train, generator=gen)
         loss_sum, seen = 0.0, 0
         for step in range(steps_per_epoch):
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -402,6 +457,8 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
             loss = F.binary_cross_entropy_with_logits(model.logits(xb), yb, pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
             optimizer.step()
             scheduler.step()
             loss_sum += float(loss.detach()) * len(idx)
@@ -449,18 +506,32 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
                     "config": config.to_dict(),
                     "model_config": config.model.to_dict(),
                     "data_fingerprint": data_fp,
+                    "planned_epochs": planned_epochs,
                 },
             )
-        if config.max_train_seconds is not None and time.perf_counter() - t_train > config.max_train_seconds:
-            stopped = "time"
-            break
+        if config.max_train_seconds is not None:
+            spent = time.perf_counter() - t_train
+            if spent > config.max_train_seconds:
+                stopped = "time"
+                break
+            # the epochs that fit the budget at the pace so far (between this one and config.epochs):
+            # the cosine schedule follows, so it anneals before the budget ends; on a shared machine
+            # the pace changes, and the plan with it
+            fit = int(config.max_train_seconds / (spent / (epoch + 1 - start_epoch))) + start_epoch
+            fit = min(config.epochs, max(fit, epoch + 1))
+            if fit != planned_epochs:
+                planned_epochs = fit
+                total_steps[0] = steps_per_epoch * planned_epochs
+                log("train.schedule", planned_epochs=planned_epochs, reason="time budget")
 
     model.load_state_dict(best_state)
     model.cpu()  # export and the card's fingerprint work on CPU weights
     model.eval()
     p_val = predict(model, x_val)
     ci = {"bootstrap": config.bootstrap, "seed": config.seed}
-    val_metrics = evaluate_scores(y_val, p_val, target_sensitivity=config.target_sensitivity, **ci)
+    val_metrics = evaluate_scores(
+        y_val, p_val, target_sensitivity=config.target_sensitivity, groups=_patients(split.val), **ci
+    )
     test_metrics = None
     y_test = p_test = None
     if split.test:
@@ -468,7 +539,9 @@ def train(config: TrainConfig, *, log: Callable[..., None] = log_event) -> Train
             split.test, config.preprocess, phantom=phantom, workers=config.workers
         )
         p_test = predict(model, x_test)
-        test_metrics = evaluate_scores(y_test, p_test, threshold=val_metrics["threshold"], **ci)
+        test_metrics = evaluate_scores(
+            y_test, p_test, threshold=val_metrics["threshold"], groups=_patients(split.test), **ci
+        )
     elapsed = time.perf_counter() - t_start
     log(
         "train.done",

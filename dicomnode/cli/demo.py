@@ -2,11 +2,15 @@
 
 It builds the demo model if missing (training package, CPU, about a minute), starts the node with
 SQLite and in-process execution, pushes synthetic chest radiograph studies over DICOM, waits for
-the SR + SC to arrive at the local PACS, and prints a table.
+the SR + SC to arrive at the local PACS, and prints a table. Then it sends one real chest
+radiograph (NEMA WG04 ``RG1``, from the ``pydicom-data`` package) and prints what the demo model
+says about it, with the warning that a model trained on phantoms says nothing about a real image.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +23,7 @@ from pydicom.uid import generate_uid
 from dicomnode.config import Destination, Settings
 from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
-from dicomnode.results import read_sr, reading_order
+from dicomnode.results import SRSummary, read_sr, reading_order
 from dicomnode.results.reading_order import WorklistEntry
 from dicomnode.testing.pacs import Receiver
 from dicomnode.testing.phantoms import PhantomStudy, write_phantom_studies
@@ -30,17 +34,51 @@ from worker.runners import make_runner
 DEMO_SEED = 16
 
 
+#: The real radiograph sent after the phantoms: NEMA WG04 RG1 uncompressed, a Philips CR chest PA
+#: (1955 x 1841, 15-bit MONOCHROME1) that the ``pydicom-data`` package installs.
+REAL_RADIOGRAPH = "RG1_UNCR.dcm"
+#: How to train a model on published real radiographs (docs/models.md, "Trained on real radiographs").
+TRAIN_ON_REAL_DATA = ".venv/bin/python bench/real_data.py --results bench-results/real-data"
+
+
+def _new_uids(path: Path, study_uid: str, series: dict[str, str]) -> None:
+    """Put the file at ``path`` in study ``study_uid`` with fresh Series/SOP Instance UIDs, in place
+    (``series`` maps old series UIDs to new ones across the files of one study)."""
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series.setdefault(str(ds.SeriesInstanceUID), generate_uid())
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(path, enforce_file_format=True)
+
+
 def _as_new_study(st: PhantomStudy) -> PhantomStudy:
     """Give a phantom study fresh Study/Series/SOP Instance UIDs, in place on disk."""
     study_uid = generate_uid()
     series: dict[str, str] = {}
     for path in st.paths:
-        ds = pydicom.dcmread(path)
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series.setdefault(str(ds.SeriesInstanceUID), generate_uid())
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.save_as(path, enforce_file_format=True)
+        _new_uids(path, study_uid, series)
     return replace(st, study_uid=study_uid)
+
+
+def real_radiograph(folder: Path) -> Path | None:
+    """A copy of :data:`REAL_RADIOGRAPH` in ``folder`` as a new study, or None (and a line saying
+    how to install it) where ``pydicom-data`` is not installed: nothing is downloaded."""
+    try:
+        from pydicom.data import get_testdata_file
+
+        source = get_testdata_file(REAL_RADIOGRAPH, download=False)
+    except (ImportError, ValueError):
+        source = None
+    if not isinstance(source, str):
+        print(
+            f"\nNo real radiograph to send: the pydicom-data package is not installed "
+            f"(`{sys.executable} -m pip install pydicom-data`). Going on without it."
+        )
+        return None
+    path = folder / REAL_RADIOGRAPH
+    shutil.copyfile(source, path)
+    _new_uids(path, generate_uid(), {})
+    return path
 
 
 @dataclass(frozen=True)
@@ -50,6 +88,14 @@ class DemoRow:
     score: float | None
     priority: str | None
     seconds_to_result: float | None
+
+
+def _push(paths: list[Path], port: int, node_ae: str) -> None:
+    """Send ``paths`` to the node as the modality would; raise if one is refused."""
+    res = push_files(paths, "127.0.0.1", port, called_ae=node_ae, calling_ae="MODALITY")
+    bad = [r for r in res if r.status != 0]
+    if bad:
+        raise RuntimeError(f"push refused: {bad}")
 
 
 def run_demo(
@@ -82,21 +128,21 @@ def run_demo(
                 ]
                 sent_at: dict[str, float] = {}
                 for st in phantoms:
-                    res = push_files(
-                        st.paths,
-                        "127.0.0.1",
-                        node.port,
-                        called_ae=node_settings.ae_title,
-                        calling_ae="MODALITY",
-                    )
-                    bad = [r for r in res if r.status != 0]
-                    if bad:
-                        raise RuntimeError(f"push refused: {bad}")
+                    _push(st.paths, node.port, node_settings.ae_title)
                     sent_at[st.study_uid] = time.time()
                 print(
                     f"Pushed {len(phantoms)} studies ({sum(len(s.paths) for s in phantoms)} instances); waiting for results..."
                 )
                 received = pacs.wait_for(2 * len(phantoms), timeout)
+                real = real_radiograph(Path(tmp))
+                if real is not None:
+                    real_study = str(pydicom.dcmread(real, stop_before_pixels=True).StudyInstanceUID)
+                    _push([real], node.port, node_settings.ae_title)
+                    sent_at[real_study] = time.time()
+                    print(
+                        f"Pushed a real chest radiograph ({REAL_RADIOGRAPH}, pydicom-data); waiting for its result..."
+                    )
+                    received = pacs.wait_for(2 * len(phantoms) + 2, timeout)
         finally:
             node.stop()
 
@@ -137,7 +183,33 @@ def run_demo(
     for i, item in enumerate(order, 1):
         e = item.entry
         print(f"  {i}. ...{e.study_uid[-16:]}  {e.priority.value:<8} p={e.probability:.3f}")
+    if real is not None:
+        summary, at = srs.get(real_study, (None, 0.0))
+        _print_real(summary, at - sent_at[real_study], bundled=settings.model is None)
     return rows
+
+
+def _print_real(summary: SRSummary | None, seconds: float, *, bundled: bool) -> None:
+    """What the model said about the real radiograph; for the bundled demo model, that it means
+    nothing and how to train one on real radiographs."""
+    print(
+        f"\nA real chest radiograph: NEMA WG04 {REAL_RADIOGRAPH} (Philips CR, chest PA, 1955 x 1841, 15-bit)"
+    )
+    if summary is None:
+        print("  no result in time: see the node's log above")
+    else:
+        print(
+            f"  {summary.model_name} {summary.model_version}: score {summary.probability:.3f}, "
+            f"{summary.priority.value}; result at the PACS {seconds:.2f} s after sending"
+        )
+    if not bundled:
+        return
+    print(
+        "  The demo model is trained on synthetic phantoms only: its score on a real radiograph means nothing.\n"
+        "  To train a model on published real chest radiographs (Kermany et al. 2018) in one command:\n"
+        f"    {TRAIN_ON_REAL_DATA}\n"
+        "  docs/models.md says what it reaches and how to check a model on your own data."
+    )
 
 
 def _print_table(rows: list[DemoRow], quiet: float) -> None:

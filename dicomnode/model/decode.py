@@ -49,7 +49,6 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicomnode.logconfig import configure_logging
 from dicomnode.model.preprocess import (
     DisplayImage,
     PreprocessConfig,
@@ -299,6 +298,8 @@ def _exit_with(pid: int) -> None:
 def _child_start(memory_bytes: int, worker_pid: int, log_level: str, log_format: str) -> None:
     """Initializer of the decoding child: die with the worker, log as it does (one JSON object a
     line, values redacted), load the decoders, cap the memory."""
+    from dicomnode.logconfig import configure_logging  # here: importing the model loads no structlog
+
     configure_logging(log_level, log_format)
     with contextlib.suppress(Exception):  # Linux: killed with its parent (forkserver or worker)
         import ctypes

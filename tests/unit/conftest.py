@@ -1,10 +1,8 @@
-"""Fixtures of the unit tests: the results tests' card, phantoms and dciodvfy (prefixed so they cannot
-shadow others), and the training tests' one shared tiny training run."""
+"""Fixtures of the unit tests: the results tests' card and phantoms (prefixed so they cannot shadow
+others), and the training tests' one shared tiny training run."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,23 +41,6 @@ def results_phantom() -> Callable[..., pydicom.Dataset]:
         return make_phantom(np.random.default_rng(seed), positive, **kwargs)  # type: ignore[arg-type]
 
     return make
-
-
-@pytest.fixture
-def dciodvfy_errors(tmp_path: Path) -> Callable[[pydicom.Dataset], list[str]]:
-    """Write a dataset as a Part 10 file and return dciodvfy's lines starting with "Error"."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy (dicom3tools) is not on PATH")
-
-    def errors(ds: pydicom.Dataset) -> list[str]:
-        path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-        lines = (out.stdout + out.stderr).splitlines()
-        return [line for line in lines if line.startswith("Error")]
-
-    return errors
 
 
 def _tiny_train_config(out_dir: Path, **changes: object) -> TrainConfig:
