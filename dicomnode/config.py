@@ -89,6 +89,13 @@ class Settings:
     #: Overall deadline of one delivery attempt (connect, negotiate, every C-STORE, release): the
     #: association is aborted when it passes. Default 120 s; raise it for slow links and big results.
     delivery_attempt_timeout_seconds: float = 120.0
+    #: Ask each destination to commit to the delivered results (Storage Commitment Push Model,
+    #: PS3.4 J.3) and count an object as delivered only once it committed. Off by default: many
+    #: PACS do not offer the class, and one that does must list this node in its modalities.
+    storage_commitment: bool = False
+    #: Seconds to wait for a destination's commitment report; past it the commitment failed and the
+    #: objects are delivered again (within the delivery window).
+    storage_commitment_timeout_seconds: float = 300.0
     #: Threads that deliver results in embedded mode, apart from the analysis thread.
     delivery_threads: int = 2
     #: Celery queue of the delivery tasks; empty: the analysis queue (``DICOMNODE_QUEUE``).
@@ -421,6 +428,7 @@ def _validate(s: Settings) -> Settings:
         ("DELIVERY_ATTEMPT_TIMEOUT_SECONDS", s.delivery_attempt_timeout_seconds),
         ("RECONCILE_AFTER_SECONDS", s.reconcile_after_seconds),
         ("PUBLISH_TIMEOUT_SECONDS", s.publish_timeout_seconds),
+        ("STORAGE_COMMITMENT_TIMEOUT_SECONDS", s.storage_commitment_timeout_seconds),
     ):
         if not v > 0:
             raise ConfigError(f"DICOMNODE_{key}={v}: must be > 0 seconds")

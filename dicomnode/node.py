@@ -21,12 +21,15 @@ import structlog
 
 from dicomnode.config import Settings
 from dicomnode.net import Listener, ListenerConfig, server_tls_context
+from dicomnode.net.commitment_report import CommitmentReport
+from dicomnode.net.status import SUCCESS
 from dicomnode.receive.fingerprint import Fingerprinter
 from dicomnode.receive.handler import ReceivedInstance, StoreHandler
 from dicomnode.receive.reconcile import Reconciler
 from dicomnode.receive.rescan import RescanReport, rescan
 from dicomnode.receive.tracker import StudyTracker
 from dicomnode.storage import DIR_MODE, sweep_incoming, sweep_partial_writes
+from dicomnode.store.commitments import record_report
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
 from dicomnode.store.queries import studies_awaiting_delivery, studies_in_state
@@ -148,6 +151,7 @@ class Node:
             handler,
             incoming_dir=self.incoming_dir,
             ssl_context=server_tls_context(s),
+            on_commitment=self._on_commitment,
         )
         self._server.start(s.host, s.port)
         listener = self._server
@@ -193,6 +197,24 @@ class Node:
         """Wait until the SQL rows of every instance answered so far have committed (they follow
         the C-STORE response by milliseconds: :mod:`dicomnode.receive.recorder`)."""
         return self._handler is None or self._handler.recorder.flush(timeout)
+
+    def _on_commitment(self, report: CommitmentReport) -> int:
+        """A destination's Storage Commitment report: recorded; a failed object is delivered again."""
+        assert self.store is not None  # the listener starts after the store opens
+        outcome = record_report(self.store, report.transaction_uid, report.committed, report.failed)
+        if outcome is None:  # not ours (or its rows purged): nothing to record, nothing to resend
+            log.warning(
+                "commitment.unknown_transaction", transaction_uid=report.transaction_uid, peer_ae=report.calling_ae
+            )
+        else:
+            log.info(
+                "commitment.report",
+                transaction_uid=report.transaction_uid,
+                peer_ae=report.calling_ae,
+                committed=outcome.committed,
+                failed=outcome.failed,
+            )
+        return SUCCESS
 
     def _on_stored(self, inst: ReceivedInstance) -> None:
         self.tracker.touch(inst.study_uid)

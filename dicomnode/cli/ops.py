@@ -53,6 +53,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "studies": audit.StudyRow,
             "summary": audit.SummaryRow,
             "deliveries": audit.DeliveryRow,
+            "commitments": audit.CommitmentRow,
             "events": audit.EventRow,
         }[args.what]
         if args.what == "studies":
@@ -66,6 +67,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         elif args.what == "deliveries":
             rows = audit.deliveries(store, f, failed_only=not args.all, limit=limit)
             columns = ["attempted_at", "study_uid", "destination", "attempt", "success", "status", "error"]
+        elif args.what == "commitments":
+            rows = audit.commitments(store, f, limit=limit)
+            columns = [
+                "requested_at", "study_uid", "destination", "sop_instance_uid", "delivered", "committed",
+                "failed_reason",
+            ]  # fmt: skip
         else:
             rows = audit.events(store, f, kind=args.kind, limit=limit)
     finally:

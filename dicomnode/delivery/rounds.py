@@ -20,8 +20,10 @@ from pydicom import Dataset
 from pydicom.uid import EnhancedSRStorage
 
 from dicomnode.config import Settings
+from dicomnode.delivery.commitment import request_and_record
 from dicomnode.delivery.retry import INLINE_ATTEMPTS, Defer, RetryPolicy, deliver, end_state
 from dicomnode.delivery.sender import AttemptResult, Fallback, enhanced_sr_fallback
+from dicomnode.store.commitments import uncommitted_objects
 from dicomnode.store.db import Store
 from dicomnode.store.models import DELIVERY_RETRY_REASON, StudyState, utcnow
 from dicomnode.store.queries import (
@@ -87,6 +89,8 @@ def deliver_results(
     fallback = fallback or enhanced_sr_fallback
     # A re-delivered task (its worker died after sending) must not send a second copy.
     done = delivered_objects(store, study_uid)
+    if settings.storage_commitment:  # an object whose commitment failed is delivered again
+        done -= uncommitted_objects(store, study_uid)
     all_ok = True
     next_round: float | None = None
     for dest in settings.destinations:
@@ -117,6 +121,19 @@ def deliver_results(
             connect_timeout=settings.delivery_connect_timeout_seconds,
             attempt_timeout=settings.delivery_attempt_timeout_seconds,
         )
+        if ok and settings.storage_commitment:
+            # stored; delivered for good once the destination commits (its report comes later)
+            ok = (
+                request_and_record(
+                    store,
+                    analysis_id,
+                    todo,
+                    dest,
+                    calling_ae=settings.ae_title,
+                    connect_timeout=settings.delivery_connect_timeout_seconds,
+                ).transaction_uid
+                is not None
+            )
         all_ok = all_ok and ok
         elapsed = (utcnow() - first_at).total_seconds() if first_at is not None else 0.0
         wait = None if ok else policy.next_round_in(first + now_attempts - 1, elapsed)

@@ -48,6 +48,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
 
 from dicomnode.net import status
+from dicomnode.net.commitment_report import MAX_REPORT_BYTES, STORAGE_COMMITMENT_PUSH_MODEL, decode_report
 from dicomnode.net.dimse import (
     AFFECTED_SOP_CLASS_UID,
     AFFECTED_SOP_INSTANCE_UID,
@@ -56,7 +57,9 @@ from dicomnode.net.dimse import (
     C_STORE_RQ,
     COMMAND_DATA_SET_TYPE,
     COMMAND_FIELD,
+    EVENT_TYPE_ID,
     MESSAGE_ID,
+    N_EVENT_REPORT_RQ,
     NO_DATA_SET,
     RESPONSE_BIT,
     c_echo_rsp,
@@ -150,6 +153,8 @@ class _Message:
     incoming: IncomingFile | None = None
     refuse: int | None = None  # a status decided before the data set arrived
     drained: int = 0  # bytes of a refused data set read and dropped
+    event_type: int | None = None  # N-EVENT-REPORT-RQ's Event Type ID
+    report: bytearray | None = None  # a commitment report's data set, kept in memory (bounded)
 
 
 class Association(threading.Thread):
@@ -481,6 +486,8 @@ class Association(threading.Thread):
             sop_instance=command_ui(values, AFFECTED_SOP_INSTANCE_UID),
             has_data_set=data_set_type != NO_DATA_SET,
         )
+        if command == N_EVENT_REPORT_RQ:
+            self._begin_report(msg, values)
         if command == C_STORE_RQ:
             if not msg.has_data_set:
                 raise ProtocolError("C-STORE-RQ without a data set")
@@ -548,6 +555,8 @@ class Association(threading.Thread):
                 self._stop_draining(msg)
         if msg.incoming is not None:
             self.reader.pipe(data_len, msg.incoming.write)
+        elif msg.report is not None:
+            self._report_fragment(msg, data_len)
         else:  # a data set we do not keep (refused up front, or not a C-STORE)
             self.reader.pipe(data_len, lambda _: None)
         if last:
@@ -563,6 +572,10 @@ class Association(threading.Thread):
         elif msg.command == C_ECHO_RQ:
             self._bound.info("echo")
             rsp = c_echo_rsp(msg.message_id, msg.sop_class)
+        elif msg.report is not None:
+            rsp = response(
+                msg.command | RESPONSE_BIT, msg.message_id, msg.sop_class, msg.sop_instance, self._report(msg)
+            )
         else:
             self._bound.warning(
                 "request.refused", command=f"0x{msg.command:04X}", status=status.UNRECOGNISED_OPERATION
@@ -584,6 +597,44 @@ class Association(threading.Thread):
                 self._spare = create_incoming_file(self.listener.incoming_dir)
             except OSError:
                 pass  # the next C-STORE makes its own and reports what is wrong
+
+    # -- storage commitment reports (dicomnode.net.commitment_report) ---------------------------
+
+    def _begin_report(self, msg: _Message, values: dict[int, bytes]) -> None:
+        """An N-EVENT-REPORT-RQ: kept in memory when it is a commitment report we can record."""
+        if msg.sop_class != STORAGE_COMMITMENT_PUSH_MODEL or self.listener.on_commitment is None:
+            return  # answered "unrecognised operation"; its data set is drained
+        if not msg.has_data_set:
+            raise ProtocolError("storage commitment N-EVENT-REPORT-RQ without a data set")
+        msg.event_type = command_us(values, EVENT_TYPE_ID)
+        msg.report = bytearray()
+
+    def _report_fragment(self, msg: _Message, data_len: int) -> None:
+        assert msg.report is not None
+        if len(msg.report) + data_len > MAX_REPORT_BYTES:  # refused from its header, unread
+            raise ProtocolError(f"storage commitment report longer than {MAX_REPORT_BYTES} bytes")
+        msg.report += self.reader.exact(data_len)
+
+    def _report(self, msg: _Message) -> int:
+        """Decode a commitment report and hand it to the listener's callback; the status to answer."""
+        assert msg.report is not None and self.listener.on_commitment is not None
+        try:
+            report = decode_report(
+                self.calling_ae,
+                msg.event_type or 0,
+                str(self._contexts[msg.context_id].transfer_syntax[0]),
+                bytes(msg.report),
+            )
+        except Exception as exc:  # pydicom's decode errors are many; the PACS gets a clear status
+            self._bound.warning("commitment.report_refused", reason="cannot decode", error=str(exc)[:200])
+            return status.CANNOT_UNDERSTAND
+        try:
+            return int(self.listener.on_commitment(report))
+        except Exception as exc:
+            self._bound.error(
+                "commitment.report_failed", error=type(exc).__name__, status=status.PROCESSING_FAILURE
+            )
+            return status.PROCESSING_FAILURE
 
     def _stop_draining(self, msg: _Message) -> None:
         """A refused data set is still arriving past :data:`MAX_DRAIN_BYTES`: abort, unread."""

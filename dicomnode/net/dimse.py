@@ -1,6 +1,7 @@
 """DIMSE command sets: decode a request, encode a response (implicit VR little endian, PS3.7 6.3.1, E.1).
 
-Only the C-STORE and C-ECHO services are spoken here (PS3.7 9.3.1, 9.3.5); any other request gets
+Only the C-STORE and C-ECHO services are spoken here (PS3.7 9.3.1, 9.3.5), and N-EVENT-REPORT for
+storage commitment reports (10.3.1); any other request gets
 :data:`dicomnode.net.status.UNRECOGNISED_OPERATION`. Command Field values come from pynetdicom's
 message table, tags from pydicom's dictionary; both are looked up once, at import, so the
 per-message path uses plain integers.
@@ -26,6 +27,8 @@ C_STORE_RSP = COMMAND_FIELDS["C-STORE-RSP"]
 C_ECHO_RQ = COMMAND_FIELDS["C-ECHO-RQ"]
 C_ECHO_RSP = COMMAND_FIELDS["C-ECHO-RSP"]
 C_CANCEL_RQ = COMMAND_FIELDS["C-CANCEL-RQ"]
+#: Storage Commitment reports to our requests (PS3.7 10.3.1; :mod:`dicomnode.net.commitment_report`).
+N_EVENT_REPORT_RQ = COMMAND_FIELDS["N-EVENT-REPORT-RQ"]
 #: The bit that makes a request's Command Field its response's (PS3.7 E.1).
 RESPONSE_BIT = 0x8000
 #: Command Data Set Type when no data set follows; any other value means one does (PS3.7 E.1).
@@ -45,6 +48,7 @@ MESSAGE_ID_BEING_RESPONDED_TO = _tag("MessageIDBeingRespondedTo")
 COMMAND_DATA_SET_TYPE = _tag("CommandDataSetType")
 STATUS = _tag("Status")
 AFFECTED_SOP_INSTANCE_UID = _tag("AffectedSOPInstanceUID")
+EVENT_TYPE_ID = _tag("EventTypeID")
 _GROUP_LENGTH = _ELEMENT.pack(0, _tag("CommandGroupLength"), 4)
 _NO_DATA_SET_VALUE = _US.pack(NO_DATA_SET)
 
@@ -126,9 +130,11 @@ __all__ = [
     "C_ECHO_RSP",
     "C_STORE_RQ",
     "C_STORE_RSP",
+    "EVENT_TYPE_ID",
     "MESSAGE_ID",
     "MESSAGE_ID_BEING_RESPONDED_TO",
     "NO_DATA_SET",
+    "N_EVENT_REPORT_RQ",
     "RESPONSE_BIT",
     "STATUS",
     "c_echo_rsp",

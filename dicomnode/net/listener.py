@@ -32,6 +32,7 @@ from pathlib import Path
 import structlog
 
 from dicomnode.net.association import Association, StoreCallback
+from dicomnode.net.commitment_report import CommitmentCallback
 from dicomnode.net.contexts import supported_contexts
 from dicomnode.net.tls import client_ae_map
 from dicomnode.storage import DIR_MODE
@@ -100,9 +101,12 @@ class Listener:
         *,
         incoming_dir: Path,
         ssl_context: ssl.SSLContext | None = None,
+        on_commitment: CommitmentCallback | None = None,
     ) -> None:
         self.config = config
         self.on_store = on_store
+        #: records Storage Commitment reports to our requests; None: they are refused
+        self.on_commitment = on_commitment
         self.incoming_dir = str(incoming_dir)
         self.ssl_context = ssl_context
         self.supported_contexts = supported_contexts()

@@ -6,6 +6,8 @@
   delivered, how long it took; newest first, filtered by :class:`AuditFilter`
 - :func:`summary`: counts per day, calling AE, state, model version or priority
 - :func:`deliveries`: C-STORE attempts of results (by default the failed ones)
+- :func:`commitments`: per result object and destination, delivered (a C-STORE Success) and
+  committed (the destination's Storage Commitment report), newest request first
 - :func:`events`: the append-only event log (one study's timeline, or one kind of event)
 
 Every query reads an index range (revision 0002 adds the composite indexes;
@@ -23,7 +25,7 @@ from sqlalchemy import ColumnElement, Select, case, func, select, true
 from sqlalchemy.orm import aliased
 
 from dicomnode.store.db import Store
-from dicomnode.store.models import Analysis, DeliveryAttempt, Event, Study, StudyState
+from dicomnode.store.models import Analysis, Commitment, DeliveryAttempt, Event, Study, StudyState
 from dicomnode.store.queries import as_utc, latest_analysis_join
 
 SUMMARY_KEYS = ("day", "calling_ae", "state", "model_version", "priority")
@@ -389,6 +391,81 @@ def deliveries(
     ]
 
 
+# -------------------------------------------------------------------------------- commitments
+
+
+@dataclass(frozen=True)
+class CommitmentRow:
+    """One result object in one Storage Commitment request to one destination."""
+
+    requested_at: datetime
+    study_uid: str
+    destination: str
+    sop_instance_uid: str
+    delivered: bool  # a C-STORE of it to this destination succeeded
+    committed: bool  # the destination's report lists it as committed
+    committed_at: datetime | None
+    failed_reason: str | None  # the report's failure reason, or no report in time
+    transaction_uid: str
+
+
+def commitments_query(f: AuditFilter, *, limit: int | None = 100) -> Select:
+    """Commitment requests in ``f``'s window (by request time), newest first."""
+    delivered = (
+        select(DeliveryAttempt.id)
+        .where(
+            DeliveryAttempt.analysis_id == Commitment.analysis_id,
+            DeliveryAttempt.destination == Commitment.destination,
+            DeliveryAttempt.sop_instance_uid == Commitment.sop_instance_uid,
+            DeliveryAttempt.success.is_(True),
+        )
+        .exists()
+    )
+    stmt = (
+        select(
+            Commitment.requested_at,
+            Study.study_uid,
+            Commitment.destination,
+            Commitment.sop_instance_uid,
+            delivered.label("delivered"),
+            Commitment.committed_at,
+            Commitment.failed_reason,
+            Commitment.transaction_uid,
+        )
+        .join(Analysis, Commitment.analysis_id == Analysis.id)
+        .join(Study, Analysis.study_id == Study.id)
+        .where(*_window(Commitment.requested_at, f))
+        .order_by(Commitment.requested_at.desc(), Commitment.id.desc())
+    )
+    if f.calling_ae is not None:
+        stmt = stmt.where(Study.calling_ae == f.calling_ae)
+    if f.study_uid is not None:
+        stmt = stmt.where(Study.study_uid == f.study_uid)
+    if f.states:
+        stmt = stmt.where(Study.state.in_(f.states))
+    return stmt.limit(limit) if limit else stmt
+
+
+def commitments(store: Store, f: AuditFilter, *, limit: int | None = 100) -> list[CommitmentRow]:
+    """Run :func:`commitments_query`."""
+    with store.session() as s:
+        rows = s.execute(commitments_query(f, limit=limit)).all()
+    return [
+        CommitmentRow(
+            requested_at=as_utc(r.requested_at) or r.requested_at,
+            study_uid=r.study_uid,
+            destination=r.destination,
+            sop_instance_uid=r.sop_instance_uid,
+            delivered=bool(r.delivered),
+            committed=r.committed_at is not None,
+            committed_at=as_utc(r.committed_at),
+            failed_reason=r.failed_reason,
+            transaction_uid=r.transaction_uid,
+        )
+        for r in rows
+    ]
+
+
 # ------------------------------------------------------------------------------------- events
 
 
@@ -430,6 +507,9 @@ __all__ = [
     "EventRow",
     "StudyRow",
     "SummaryRow",
+    "CommitmentRow",
+    "commitments",
+    "commitments_query",
     "deliveries",
     "deliveries_query",
     "events",

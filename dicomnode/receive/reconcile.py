@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from dicomnode.config import Settings
+from dicomnode.store.commitments import expire_overdue
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
 from dicomnode.store.queries import (
@@ -131,6 +132,10 @@ class Reconciler:
             ):  # fmt: skip
                 self._dispatch(st.study_uid)
                 report.requeued.append(st.study_uid)
+        if s.storage_commitment:  # no report in time: the objects are due for delivery again
+            expire_overdue(
+                self.store, requested_before=now - timedelta(seconds=s.storage_commitment_timeout_seconds)
+            )
         if self._deliver_now is not None:
             self._overdue_deliveries(now - self.after, report)
             self._watch_destinations(report)

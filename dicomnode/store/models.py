@@ -152,6 +152,26 @@ class DeliveryAttempt(Base):
     analysis: Mapped[Analysis] = relationship(back_populates="deliveries")
 
 
+class Commitment(Base):
+    """One result object in one Storage Commitment request to one destination (PS3.4 J.3).
+
+    ``committed_at`` is set when the destination's report lists the object as committed;
+    ``failed_reason`` when it lists it as failed or no report came within
+    ``DICOMNODE_STORAGE_COMMITMENT_TIMEOUT_SECONDS`` (the object is then delivered again)."""
+
+    __tablename__ = "commitments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    transaction_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    committed_at: Mapped[datetime | None] = mapped_column()
+    failed_at: Mapped[datetime | None] = mapped_column()
+    failed_reason: Mapped[str | None] = mapped_column(Text)
+
+
 class Event(Base):
     """Append-only audit log: one row per thing that happened, never updated."""
 
