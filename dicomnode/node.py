@@ -1,7 +1,8 @@
 """The node: SCP + storage + tracker + task runner, started and stopped together.
 
-Start: sweep half-written files, migrate, re-scan disk against SQL, re-arm or re-queue studies a
-previous run left behind, then listen. While it runs, the reconciler
+Start: sweep half-written files, migrate, re-arm or re-queue studies a previous run left behind,
+listen, then re-scan disk against SQL on a thread of its own (:mod:`dicomnode.receive.rescan`: a
+big storage folder never keeps the port shut). While it runs, the reconciler
 (:mod:`dicomnode.receive.reconcile`) hands on again what got stranded since (a database or broker
 outage, a lost delivery round, a study held for a model). Stop (SIGTERM): stop accepting, let open associations finish
 for ``shutdown_grace_seconds``, abort the rest (their unanswered instances were never claimed
@@ -75,7 +76,10 @@ class Node:
         self.fingerprinter: Fingerprinter | None = None
         self._handler: StoreHandler | None = None
         self._lock = threading.Lock()
-        self.rescan_report: RescanReport | None = None
+        self.rescan_report: RescanReport | None = None  # set when the start-up re-scan ends
+        self._rescan_done = threading.Event()
+        self._rescan_stop = threading.Event()
+        self._rescan_thread: threading.Thread | None = None
         self.reconciler: Reconciler | None = None
         self._stopped = False
 
@@ -98,11 +102,12 @@ class Node:
         node that could not analyse refuses to start (:class:`dicomnode.config.ConfigError`)
         instead of answering Success and leaving every study complete."""
         s = self.settings
+        # The re-scan looks only at files and rows older than this; newer ones are the handler's.
+        started_at = time.time()
         instances_dir = s.instances_dir.resolve()
         instances_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         swept = sweep_partial_writes(instances_dir) + sweep_incoming(self.incoming_dir)
         self.store = Store(s.effective_database_url)
-        self.rescan_report = rescan(self.store, instances_dir)
         self.runner = self._runners(s, self.store)
         check = getattr(self.runner, "check", None)
         if check_model and check is not None:
@@ -162,7 +167,6 @@ class Node:
             ae_title=s.ae_title,
             port=self.port,
             swept_partial_writes=swept,
-            rescan=self.rescan_report.__dict__,
         )
         log.info(
             "node.started",
@@ -176,7 +180,40 @@ class Node:
             execution="celery" if s.broker_url else "inprocess",
             destinations=[str(d) for d in s.destinations],
         )
+        self._rescan_thread = threading.Thread(
+            target=self._rescan, args=(instances_dir, started_at), name="dicomnode-rescan", daemon=True
+        )
+        self._rescan_thread.start()
         return self
+
+    def _rescan(self, instances_dir: Path, started_at: float) -> None:
+        """The start-up re-scan, after the port opened; a study it records gets a quiet period,
+        like one a previous run left RECEIVING (the tracker then completes and dispatches it)."""
+        assert self.store is not None
+        try:
+            report = rescan(
+                self.store,
+                instances_dir,
+                before=started_at,
+                on_recorded=self.tracker.touch,
+                stop=self._rescan_stop,
+            )
+            self.rescan_report = report
+            add_event(self.store, "node.rescan_done", **report.__dict__)
+            log.info("node.rescan_done", **report.__dict__)
+        except Exception as exc:  # the database down: the node keeps serving; the next start scans again
+            log.error(
+                "node.rescan_failed",
+                error=type(exc).__name__,
+                detail="check the database; the next start re-scans the storage folder",
+            )
+        finally:
+            self._rescan_done.set()
+
+    def wait_rescan(self, timeout: float | None = None) -> RescanReport | None:
+        """Wait for the start-up re-scan; its report, or None (not done in time, or it failed)."""
+        self._rescan_done.wait(timeout)
+        return self.rescan_report
 
     def _recover(self) -> None:
         """After a restart: studies still receiving get a fresh quiet period; studies that were
@@ -266,6 +303,9 @@ class Node:
                 assoc.join(timeout=10)
             if busy:
                 log.warning("node.aborted_associations", associations=len(busy))
+        if self._rescan_thread is not None:
+            self._rescan_stop.set()  # it ends after the batch in hand, before the store goes
+            self._rescan_thread.join()
         if self._handler is not None:
             self._handler.stop()  # the rows of everything answered Success
         if self.fingerprinter is not None:

@@ -84,7 +84,7 @@ def test_restart_records_unrecorded_files_and_reports_missing_ones(tmp_path: Pat
 
     node = Node(settings, RecordingRunner().factory).start()
     try:
-        report = node.rescan_report
+        report = node.wait_rescan(60)
         assert report is not None
         assert (report.files, report.recorded, report.missing, report.unreadable) == (1, 1, 1, 0)
         assert node.store is not None

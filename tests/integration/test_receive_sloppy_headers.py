@@ -95,8 +95,9 @@ def test_over_long_accession_and_modality_are_stored_as_null_and_the_node_restar
     [stored] = list(settings.instances_dir.rglob("*.dcm"))
     assert stored.read_bytes()[-64:] == f.read_bytes()[-64:]
     again = node_factory(settings)
-    assert again.rescan_report is not None
-    assert (again.rescan_report.recorded, again.rescan_report.quarantined) == (0, 0)
+    report = again.wait_rescan(60)
+    assert report is not None
+    assert (report.recorded, report.quarantined) == (0, 0)
     text = repr(logs)
     assert LONG_ACCESSION not in text and LONG_MODALITY not in text  # attribute names only
 
@@ -113,7 +114,8 @@ def test_unrecorded_over_long_accession_is_recorded_by_the_restart_rescan(
     _saved(ds, path)
 
     node = node_factory(settings)
-    assert node.rescan_report is not None and node.rescan_report.recorded == 1
+    report = node.wait_rescan(60)
+    assert report is not None and report.recorded == 1
     assert node.store is not None
     [row] = study_instances(node.store, ds.StudyInstanceUID)
     assert Path(row.path) == path.resolve()

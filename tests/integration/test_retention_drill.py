@@ -161,7 +161,7 @@ def test_purge_of_10000_studies_then_a_restart_skips_them(
     t0 = time.monotonic()
     node = node_factory(settings)
     start_s = time.monotonic() - t0
-    report = node.rescan_report
+    report = node.wait_rescan(60)
     assert report is not None
     assert (report.rows, report.missing, report.files) == (0, 0, 0), report
     store = Store(settings.effective_database_url, run_migrations=False)
@@ -183,7 +183,7 @@ def test_a_file_removed_by_hand_is_reported_once(tmp_path: Path) -> None:
     reports = []
     for _ in range(2):
         node = Node(settings, lambda s, st: _NoRunner()).start()
-        reports.append(node.rescan_report)
+        reports.append(node.wait_rescan(60))
         node.stop()
     store = Store(settings.effective_database_url, run_migrations=False)
     try:
@@ -194,7 +194,7 @@ def test_a_file_removed_by_hand_is_reported_once(tmp_path: Path) -> None:
         # the file comes back (restored from a backup): the mark goes
         files[1].write_bytes(b"\0" * 128)
         node = Node(settings, lambda s, st: _NoRunner()).start()
-        third = node.rescan_report
+        third = node.wait_rescan(60)
         node.stop()
         marked_after = _count(store, select(func.count(Instance.id)).where(Instance.missing_at.is_not(None)))
     finally:
