@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from celery.signals import worker_process_shutdown, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
 from dicomnode.config import load_settings
@@ -35,6 +36,17 @@ def get_pipeline() -> Pipeline:
             _pipeline = Pipeline.from_settings(load_settings())
             _pipeline.defer = _schedule_delivery
         return _pipeline
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _close_pipeline(**_: Any) -> None:
+    """Stop this process's decoding child before the worker exits: a prefork child ends with
+    ``os._exit``, which runs no finalizer, and the child's queues would be reported (as raw text in a
+    JSON log) as leaked semaphores by multiprocessing's resource tracker."""
+    with _lock:
+        if _pipeline is not None:
+            _pipeline.close()
 
 
 def _schedule_delivery(study_uid: str, analysis_id: int, delay: float) -> None:

@@ -422,8 +422,10 @@ class Decoder:
             self._call(_ping)
 
     def close(self) -> None:
-        """Stop the child (a later call starts a new one)."""
+        """Stop the child and wait for it (a later call starts a new one)."""
         with self._lock:
+            if self._executor is not None:  # waited for: its queues are released before an exit
+                self._executor.shutdown(wait=True, cancel_futures=True)
             self._drop()
 
     def _drop(self) -> None:

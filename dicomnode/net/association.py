@@ -119,6 +119,10 @@ _REJECT_REASONS = {
 #: a sender still sending past this is aborted instead. Room for a whole radiograph; it bounds how
 #: long one association streams into nothing, not memory (drained bytes are never held).
 MAX_DRAIN_BYTES = 64 << 20
+#: After an A-ASSOCIATE-RJ the requestor closes the connection (PS3.8 Sta13, the ARTIM timer): we
+#: wait this long for it, so that closing first cannot reset the connection before the
+#: requestor has read the rejection (a TLS peer's unread bytes turn our close into a TCP RST).
+REJECT_LINGER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -395,7 +399,30 @@ class Association(threading.Thread):
         rj.calling_ae_title, rj.called_ae_title = rq.calling_ae_title, rq.called_ae_title
         rj_pdu = A_ASSOCIATE_RJ()
         rj_pdu.from_primitive(rj)
-        self._send_last(rj_pdu.encode())
+        try:
+            self._send(rj_pdu.encode())
+        except OSError:
+            pass
+        self._await_peer_close(REJECT_LINGER_SECONDS)
+        self._close()
+
+    def _await_peer_close(self, seconds: float, max_bytes: int = 1 << 16) -> None:
+        """Read (and drop) what the peer still sends until it closes, for at most ``seconds`` and
+        ``max_bytes``."""
+        deadline = time.monotonic() + seconds
+        got = 0
+        try:
+            while got < max_bytes:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.sock.settimeout(left)
+                data = self.sock.recv(4096)
+                if not data:
+                    return
+                got += len(data)
+        except OSError:  # timeout, reset, TLS alert: the peer had its chance
+            return
 
     # -- data phase ----------------------------------------------------------------------------
 
