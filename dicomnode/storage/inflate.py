@@ -59,10 +59,16 @@ def _inflater() -> zlib._Decompress:
 def _step(inflater: zlib._Decompress, fh: BinaryIO, room: int) -> bytes | None:
     """At most ``room`` (> 0) more inflated bytes; None once the stream (or the file) has ended."""
     try:
-        if inflater.unconsumed_tail:
-            return inflater.decompress(inflater.unconsumed_tail, room)
+        # eof first: the even-length padding after the last block (PS3.5 A.5) can stay behind as
+        # unconsumed input once a length-capped call reached the end of the stream
         if inflater.eof:
             return None
+        if inflater.unconsumed_tail:
+            tail = inflater.unconsumed_tail
+            part = inflater.decompress(tail, room)
+            if not part and not inflater.eof and inflater.unconsumed_tail == tail:
+                raise DeflateError("not a valid deflate stream: no progress on its remaining input")
+            return part
         data = fh.read(INFLATE_CHUNK)
         if not data:
             return None
