@@ -519,17 +519,7 @@ def rle_pixel_bomb(rows: int = 6000, columns: int = 6000) -> Dataset:
     """An RLE Lossless 8-bit CR chest radiograph of ``rows`` x ``columns`` that is about 550 KiB
     on the wire at 6000 x 6000 and 34 MiB decoded (more as the pipeline's floats). Written run by
     run: no encoder, no decoded image in the builder."""
-    ds = header_dataset(rows=rows, columns=columns, bits=8)
-    ds.BitsStored, ds.HighBit = 8, 7
-    segment = rle_segment_of_constant_rows(rows, columns, 0x40)
-    if len(segment) % 2:
-        segment += b"\x00"
-    rle_header = struct.pack("<16L", 1, 64, *([0] * 14))
-    ds.PixelData = encapsulate([rle_header + segment])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.file_meta.TransferSyntaxUID = RLELossless
-    return ds
+    return _rle_radiograph(rows, columns, data_rows=rows)
 
 
 def sloppy_radiograph(seed: int = 6, **values: str) -> Dataset:
@@ -564,6 +554,12 @@ def claimed_size_pixel_bomb(rows: int = 65535, columns: int = 65535, *, data_row
     holds only ``data_rows`` rows: a few KiB on the wire. A decoder sizes its output from the
     header, so decoding it allocates the whole image before finding the data short; only a size
     check on the header (Rows x Columns) stops it."""
+    return _rle_radiograph(rows, columns, data_rows=data_rows)
+
+
+def _rle_radiograph(rows: int, columns: int, *, data_rows: int) -> Dataset:
+    """An RLE Lossless 8-bit CR whose header says ``rows`` x ``columns`` and whose one fragment
+    holds ``data_rows`` constant rows, written run by run."""
     ds = header_dataset(rows=rows, columns=columns, bits=8)
     ds.BitsStored, ds.HighBit = 8, 7
     segment = rle_segment_of_constant_rows(data_rows, columns, 0x40)
