@@ -406,6 +406,13 @@ def _cast(key: str, name: str, value: Any) -> Any:
     return _PARSERS[name](key, value)
 
 
+def _require_positive_seconds(*settings: tuple[str, float]) -> None:
+    """Each (key without DICOMNODE_, value) must be a duration > 0 seconds (NaN is refused too)."""
+    for key, v in settings:
+        if not v > 0:
+            raise ConfigError(f"DICOMNODE_{key}={v}: must be > 0 seconds")
+
+
 def _validate(s: Settings) -> Settings:
     if not _AE_RE.match(s.ae_title) or s.ae_title.strip() != s.ae_title:
         raise ConfigError(
@@ -422,16 +429,14 @@ def _validate(s: Settings) -> Settings:
             f"DICOMNODE_DELIVERY_ATTEMPTS={s.delivery_attempts}: use 0 (retry for "
             "DICOMNODE_DELIVERY_WINDOW_SECONDS) or a number of attempts >= 1"
         )
-    for key, v in (
+    _require_positive_seconds(
         ("DELIVERY_WINDOW_SECONDS", s.delivery_window_seconds),
         ("DELIVERY_CONNECT_TIMEOUT_SECONDS", s.delivery_connect_timeout_seconds),
         ("DELIVERY_ATTEMPT_TIMEOUT_SECONDS", s.delivery_attempt_timeout_seconds),
         ("RECONCILE_AFTER_SECONDS", s.reconcile_after_seconds),
         ("PUBLISH_TIMEOUT_SECONDS", s.publish_timeout_seconds),
         ("STORAGE_COMMITMENT_TIMEOUT_SECONDS", s.storage_commitment_timeout_seconds),
-    ):
-        if not v > 0:
-            raise ConfigError(f"DICOMNODE_{key}={v}: must be > 0 seconds")
+    )
     if s.reconcile_interval_seconds < 0:
         raise ConfigError(
             f"DICOMNODE_RECONCILE_INTERVAL_SECONDS={s.reconcile_interval_seconds}: use seconds > 0, or 0 to turn it off"
@@ -511,13 +516,11 @@ def _validate_receiving(s: Settings) -> None:
             f"DICOMNODE_MAX_ASSOCIATIONS_PER_PEER={s.max_associations_per_peer}: use 0 (no cap) or a "
             "number of connections, e.g. 8"
         )
-    for key, v in (
+    _require_positive_seconds(
         ("ACSE_TIMEOUT_SECONDS", s.acse_timeout_seconds),
         ("DIMSE_TIMEOUT_SECONDS", s.dimse_timeout_seconds),
         ("NETWORK_TIMEOUT_SECONDS", s.network_timeout_seconds),
-    ):
-        if not v > 0:
-            raise ConfigError(f"DICOMNODE_{key}={v}: must be > 0 seconds")
+    )
     if s.shutdown_grace_seconds < 0:
         raise ConfigError(f"DICOMNODE_SHUTDOWN_GRACE_SECONDS={s.shutdown_grace_seconds}: must be >= 0")
     if s.max_pdu_bytes != 0 and not 4096 <= s.max_pdu_bytes <= (1 << 31) - 1:
