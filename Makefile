@@ -1,11 +1,12 @@
 # The two set-up commands of the README:  `make demo`  and  `make test`.
 # Each creates .venv and installs what it needs; `make test` also installs the DICOM peers
-# (DCMTK, dicom3tools, Orthanc) from Debian when they are missing.
+# (DCMTK, dicom3tools, Orthanc and its DICOMweb plugin) and Chromium (the web page's browser
+# test) and promtool (package prometheus, 19 MB: the alert rules' tests) from Debian when they are missing.
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-PEERS  := dcmtk dicom3tools orthanc
+PEERS  := dcmtk dicom3tools orthanc orthanc-dicomweb chromium prometheus
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-fast lint peers install
@@ -21,7 +22,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 peers:
-	@if ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null || ! command -v Orthanc >/dev/null; then \
+	@if ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null || ! command -v Orthanc >/dev/null \
+	    || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || ! command -v chromium >/dev/null \
+	    || ! command -v promtool >/dev/null; then \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(PEERS) >/dev/null || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(PEERS) >/dev/null; }; \
 	fi

@@ -2,12 +2,16 @@
 
     .venv/bin/python bench/ingest.py                 # 200 CT 512x512 + 50 DX 2048x2048, 7 repetitions
     .venv/bin/python bench/ingest.py --reps 5 --profile
+    .venv/bin/python bench/ingest.py --reps 5 --senders 4 --group-commit   # 4 associations at once
 
 The workload is generated once (CT built with pydicom, DX with dicomnode.testing.phantoms.make_phantom) into
 ``--workload`` and reused. Each repetition starts every receiver fresh on an empty folder (order
 rotated per repetition, ``sync`` before each push so nobody pays for another's dirty pages), times
-``storescu +sd`` from start to exit, and checks that every file arrived. TCP_NODELAY=1 is set for
-every DCMTK tool (DCMTK 3.6.7 leaves Nagle on otherwise). Receivers:
+``storescu +sd`` from start to exit, and checks that every file arrived. With ``--senders N``, N
+storescu run at once, each with its own association and every N-th file, timed from the first
+start to the last exit. TCP_NODELAY=1 is set for every DCMTK tool (DCMTK 3.6.7 leaves Nagle on
+otherwise). The node is started with a tiny model (``serve`` will not start without one) and no
+study completes during the run (quiet period one hour, no completion on release). Receivers:
 
 - ``storescp``: DCMTK, writes each file, no fsync (its default).
 - ``dicomnode``: ``python -m dicomnode serve`` as shipped: the data set streamed into a file on the
@@ -15,6 +19,9 @@ every DCMTK tool (DCMTK 3.6.7 leaves Nagle on otherwise). Receivers:
   (``dicomnode.receive.recorder``) and the SHA-256 once the sender is quiet (``dicomnode.receive.fingerprint``).
 - ``dicomnode fsync=off``: the same without the two fsyncs (DICOMNODE_FSYNC=false), to show what
   durability costs on this disk.
+- ``dicomnode group commit`` (``--group-commit``): the associations share their flushes through a
+  :class:`dicomnode.storage.GroupCommit` instead of each fsyncing on its own thread; the table's
+  flushes/img column counts them (from the ``store.flushes`` line the node logs at exit).
 
 The table gives the median of the repetitions and, because storescp's times on a small VM are
 bimodal (0.5 s or 0.9-1.4 s for the same push), the best run of each receiver against the best
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -45,6 +53,14 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 REPO = Path(__file__).resolve().parents[1]
 DCMTK_ENV = dict(os.environ, TCP_NODELAY="1")
 N_CT, N_DX = 200, 50
+#: ``python -m dicomnode`` with the C-STORE handler given a :class:`dicomnode.storage.GroupCommit`
+#: (associations share flushes in user space), for ``--group-commit``
+GROUPED = (
+    "import runpy, dicomnode.receive.handler as h; from dicomnode.storage import GroupCommit; "
+    "init = h.StoreHandler.__init__; "
+    "h.StoreHandler.__init__ = lambda self, *a, **k: init(self, *a, group_commit=GroupCommit(), **k); "
+    "runpy.run_module('dicomnode', run_name='__main__', alter_sys=True)"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,13 +186,25 @@ class StoreSCP(Receiver):
 class DicomNode(Receiver):
     aec = "DICOMNODE"
 
-    def __init__(self, workdir: Path, *, fsync: bool = True, extra: dict[str, str] | None = None) -> None:
+    #: ``serve`` refuses to start without a model it can load; none runs during an ingest push
+    model: Path | None = None
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        fsync: bool = True,
+        grouped: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(workdir)
         self.fsync = fsync
+        self.grouped = grouped
         self.extra = extra or {}
         self.name = (
             "dicomnode"
             + ("" if fsync else " fsync=off")
+            + (" group commit" if grouped else "")
             + "".join(f" {k}={v}" for k, v in self.extra.items())
         )
 
@@ -186,41 +214,54 @@ class DicomNode(Receiver):
             DICOMNODE_HOST="127.0.0.1",
             DICOMNODE_PORT=str(self.port),
             DICOMNODE_STORAGE_DIR=str(self.workdir / "node"),
-            DICOMNODE_QUIET_SECONDS="3600",  # ingest only: no analysis during the push
-            DICOMNODE_LOG_LEVEL="warning",
+            # ingest only: no study completes (on release or quiet), nothing analysed during the push
+            DICOMNODE_QUIET_SECONDS="3600",
+            DICOMNODE_RELEASE_GRACE_SECONDS="0",
+            DICOMNODE_LOG_LEVEL="info",  # per association, not per instance; the flush count at exit
             DICOMNODE_FSYNC="true" if self.fsync else "false",
             TCP_NODELAY="1",
         )
+        if self.model is not None:
+            env["DICOMNODE_MODEL"] = str(self.model)
         env.update({f"DICOMNODE_{k.upper()}": v for k, v in self.extra.items()})
+        if self.grouped:
+            return [sys.executable, "-c", GROUPED, "serve"], env
         return [sys.executable, "-m", "dicomnode", "serve"], env
 
     def received(self) -> int:
         return sum(1 for _ in (self.workdir / "node" / "instances").rglob("*.dcm"))
 
+    def flushes(self) -> tuple[int, int] | None:
+        """(flushes, fsync waits they covered) from the ``store.flushes`` line the node logs at
+        shutdown; None with fsync off."""
+        found = re.search(
+            r"store\.flushes\s.*?flushes=(\d+).*?writes=(\d+)", (self.workdir / "stderr.log").read_text()
+        )
+        return (int(found[1]), int(found[2])) if found else None
 
-def push(receiver: Receiver, workload: Path) -> float:
-    """Seconds for storescu to send the whole folder over one association."""
+
+def push(receiver: Receiver, workload: Path, senders: int = 1) -> float:
+    """Seconds for storescu to send the whole folder: one association, or ``senders`` storescu
+    processes at once, each with its own association and every ``senders``-th file (CT and DX
+    alike), timed from the first start to the last exit."""
+    cmd = ["storescu", "-aet", "BENCH", "-aec", receiver.aec, "127.0.0.1", str(receiver.port)]
+    if senders == 1:
+        shares = [["+sd", str(workload), "+r"]]
+    else:
+        files = [str(p) for p in sorted(workload.rglob("*.dcm"))]
+        shares = [files[i::senders] for i in range(senders)]
     t0 = time.perf_counter()
-    r = subprocess.run(
-        [
-            "storescu",
-            "-aet",
-            "BENCH",
-            "-aec",
-            receiver.aec,
-            "127.0.0.1",
-            str(receiver.port),
-            "+sd",
-            str(workload),
-            "+r",
-        ],
-        env=DCMTK_ENV,
-        capture_output=True,
-        text=True,
-    )
+    procs = [
+        subprocess.Popen(
+            cmd + share, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for share in shares
+    ]
+    errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"storescu -> {receiver.name} failed: {r.stderr[-2000:]}")
+    for p, err in zip(procs, errors, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu -> {receiver.name} failed: {err[-2000:]}")
     return elapsed
 
 
@@ -287,40 +328,54 @@ def profile(receiver: DicomNode, workload: Path, out: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def run_table(label: str, folder: Path, receivers: list[Receiver], reps: int) -> None:
+def run_table(label: str, folder: Path, receivers: list[Receiver], reps: int, senders: int = 1) -> None:
     """Push ``folder`` to every receiver ``reps`` times (interleaved) and print the medians."""
     files = sorted(folder.rglob("*.dcm"))
     total_bytes = sum(p.stat().st_size for p in files)
-    print(f"\n[{label}] {len(files)} files, {total_bytes / 1e6:.0f} MB")
+    how = "one association" if senders == 1 else f"{senders} storescu at once, one association each"
+    print(f"\n[{label}] {len(files)} files, {total_bytes / 1e6:.0f} MB, {how}")
     times: dict[str, list[float]] = {r.name: [] for r in receivers}
+    flushes: dict[str, list[tuple[int, int]]] = {r.name: [] for r in receivers}
     for rep in range(reps):
         order = receivers[rep % len(receivers) :] + receivers[: rep % len(receivers)]
         for r in order:  # interleaved and rotated, so drift on the machine hits every receiver alike
             r.start()
             os.sync()  # no receiver pays for the dirty pages the previous one left behind
             try:
-                times[r.name].append(push(r, folder))
+                times[r.name].append(push(r, folder, senders))
                 time.sleep(0.5)  # let the last write settle before counting
                 got = r.received()
             finally:
                 r.stop()
             if got != len(files):
                 sys.exit(f"{r.name}: received {got} of {len(files)} files")
-            print(f"  rep {rep + 1}: {r.name:<24} {times[r.name][-1]:6.2f} s", flush=True)
+            counted = r.flushes() if isinstance(r, DicomNode) else None
+            if counted is not None:
+                flushes[r.name].append(counted)
+            note = f"  {counted[0]} flushes for {counted[1]} fsync waits" if counted else ""
+            print(f"  rep {rep + 1}: {r.name:<24} {times[r.name][-1]:6.2f} s{note}", flush=True)
     base = statistics.median(times[receivers[0].name])
     base_best = min(times[receivers[0].name])
     print(
         f"{'receiver':<26} {'median s':>9} {'images/s':>9} {'MB/s':>8} {'vs storescp':>12} "
-        f"{'best s':>7} {'best vs best':>13}   runs (s)"
+        f"{'best s':>7} {'best vs best':>13} {'flushes/img':>12}   runs (s)"
     )
-    print("-" * 110)
+    print("-" * 123)
     for r in receivers:
         med, best = statistics.median(times[r.name]), min(times[r.name])
         runs = " ".join(f"{t:.2f}" for t in times[r.name])
+        counts = flushes[r.name]
+        per_image = f"{sum(f for f, _ in counts) / (len(counts) * len(files)):.2f}" if counts else "-"
         print(
             f"{r.name:<26} {med:>9.2f} {len(files) / med:>9.1f} {total_bytes / 1e6 / med:>8.1f} "
-            f"{base / med:>11.2f}x {best:>7.2f} {base_best / best:>12.2f}x   {runs}"
+            f"{base / med:>11.2f}x {best:>7.2f} {base_best / best:>12.2f}x {per_image:>12}   {runs}"
         )
+    print(
+        "storescp answers Success once the file is in the page cache (no fsync): after a power cut"
+        " it may be empty or missing.\ndicomnode answers after fsync of the data, rename, fsync of"
+        " the folder (2 fsyncs per image, each association on its own thread); with group commit the"
+        " associations share flushes (flushes/img)."
+    )
 
 
 def main() -> None:
@@ -332,24 +387,44 @@ def main() -> None:
     ap.add_argument("--no-nosync", action="store_true", help="skip the fsync=off variant")
     ap.add_argument("--profile", action="store_true", help="py-spy the node during one extra push")
     ap.add_argument("--split", action="store_true", help="also time the CT and the DX halves on their own")
+    ap.add_argument(
+        "--group-commit",
+        action="store_true",
+        help="also the node with user-space group commit (dicomnode.storage.GroupCommit), for comparison",
+    )
+    ap.add_argument(
+        "--senders",
+        type=int,
+        default=1,
+        help="storescu processes pushing at once, each its own association and share of the files",
+    )
     args = ap.parse_args()
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: install DCMTK (apt-get install dcmtk)")
 
     workload = ensure_workload(args.workload)
-    print(f"workload: {N_CT} CT 512x512 + {N_DX} DX 2048x2048 in {workload}; storescu, TCP_NODELAY=1")
+    sys.path.insert(0, str(REPO))  # tests.tiny_model: a real ONNX model built without torch
+    from tests.tiny_model import write_tiny_model
+
+    DicomNode.model = write_tiny_model(args.workload / "tiny.onnx")
+    print(
+        f"workload: {N_CT} CT 512x512 + {N_DX} DX 2048x2048 in {workload}; storescu, TCP_NODELAY=1, "
+        f"{args.senders} sender(s)"
+    )
 
     with tempfile.TemporaryDirectory(prefix="dicomnode-ingest-") as tmp:
         work = Path(tmp)
         receivers: list[Receiver] = [StoreSCP(work / "storescp"), DicomNode(work / "node")]
+        if args.group_commit:
+            receivers.append(DicomNode(work / "node-grouped", grouped=True))
         if not args.no_nosync:
             receivers.append(DicomNode(work / "node-nosync", fsync=False))
         parts = [("all", workload)]
         if args.split:
             parts += [("CT only", workload / "ct"), ("DX only", workload / "dx")]
         for label, folder in parts:
-            run_table(label, folder, receivers, args.reps)
+            run_table(label, folder, receivers, args.reps, args.senders)
         if args.profile:
             profile(DicomNode(work / "node-profile"), workload, work)
             if (work / "node.pyspy.txt").exists():

@@ -21,6 +21,8 @@ ENV_PREFIX = "DICOMNODE_"
 
 _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 _DEST_RE = re.compile(r"^(?P<ae>[^@]+)@(?P<host>[^:]+):(?P<port>\d+)$")
+#: Marks a STOW-RS destination: ``stow+`` then the service's base URL (PS3.18 10.5)
+STOW_PREFIX = "stow+"
 
 
 class ConfigError(ValueError):
@@ -29,7 +31,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer that receives our results (C-STORE SCP)."""
+    """A peer that receives our results: a C-STORE SCP (``AE@host:port``) or, with ``url``, a
+    DICOMweb STOW-RS service (``stow+https://host/dicom-web``: :mod:`dicomnode.delivery.stow`)."""
 
     ae_title: str
     host: str
@@ -40,9 +43,19 @@ class Destination:
     tls_cert: Path | None = None  # ``cert=``: our client certificate (PEM)
     tls_key: Path | None = None  # ``key=``: its private key (PEM)
     tls_server_name: str = ""  # ``name=``: the name the certificate must carry (default: host)
+    #: STOW-RS base URL (http or https, no credentials); empty for a C-STORE peer
+    url: str = ""
+
+    @property
+    def is_stow(self) -> bool:
+        """Whether results go to this destination over DICOMweb STOW-RS instead of C-STORE."""
+        return bool(self.url)
 
     def __str__(self) -> str:
-        """The destination's name in logs and SQL: ``AE@host:port``, TLS options left out."""
+        """The destination's name in logs and SQL: ``AE@host:port`` or ``stow+<url>``, TLS
+        options left out."""
+        if self.url:
+            return STOW_PREFIX + self.url
         return f"{self.ae_title}@{self.host}:{self.port}"
 
     def spec(self) -> str:
@@ -57,6 +70,8 @@ class Destination:
             )
             if value
         ]
+        if self.url:  # https is TLS already; only the options go after the URL
+            return f"{self}?{'&'.join(opts)}" if opts else str(self)
         return f"{self}?{'&'.join(opts or ['tls'])}" if self.tls else str(self)
 
 
@@ -75,6 +90,12 @@ class Settings:
     visibility_timeout: float = 3600.0  # seconds before Redis re-delivers an unacknowledged task
     destinations: tuple[Destination, ...] = ()
     quiet_seconds: float = 5.0
+    #: Seconds after a sender releases its association (A-RELEASE) before the studies it alone
+    #: sent are complete, without waiting out DICOMNODE_QUIET_SECONDS. An instance arriving within
+    #: it, or a study sent over several associations (or an aborted one), keeps the quiet period.
+    #: Default 0.2; 0 turns completion on release off (every study waits the quiet period). Raise
+    #: it (e.g. 3) for senders that open one association per series or per image.
+    release_grace_seconds: float = 0.2
     model: Path | None = None  # None: the bundled demo model under storage_dir
     #: Most delivery attempts per destination and analysis; 0 (the default): no count, the
     #: window below decides. Set (e.g. 8, the old default) to give up sooner.
@@ -89,6 +110,11 @@ class Settings:
     #: Overall deadline of one delivery attempt (connect, negotiate, every C-STORE, release): the
     #: association is aborted when it passes. Default 120 s; raise it for slow links and big results.
     delivery_attempt_timeout_seconds: float = 120.0
+    #: Seconds a delivery association stays open, idle, for the next study to the same destination
+    #: (one per destination in each process; :mod:`dicomnode.delivery.pool`), then released.
+    #: Default 5; 0: a fresh association per round. Keep it below the destination's own idle
+    #: timeout (e.g. Orthanc's DicomScpTimeout, 30 s); e.g. 2.
+    delivery_idle_release_seconds: float = 5.0
     #: Ask each destination to commit to the delivered results (Storage Commitment Push Model,
     #: PS3.4 J.3) and count an object as delivered only once it committed. Off by default: many
     #: PACS do not offer the class, and one that does must list this node in its modalities.
@@ -133,11 +159,40 @@ class Settings:
     #: A decode still running after this many seconds is stopped (its process killed) and the
     #: instance not analysed. Default 120.
     decode_timeout_seconds: float = 120.0
+    # --- inference (dicomnode/model/session.py, worker/batch.py; docs/sizing.md#gpu-workers) ---
+    #: Most AUROC an INT8 copy of the model may lose, by its card, and still be used: a CPU
+    #: worker given ``<model>-int8.onnx`` beside ``DICOMNODE_MODEL`` times both at load and
+    #: uses INT8 only where it is faster on that CPU and its card's ``quantization.auroc_change``
+    #: is at least minus this. Default 0.01; 0: only without loss; negative (e.g. -1): never INT8.
+    int8_max_auroc_drop: float = 0.01
+    #: Put onnxruntime's TensorRT execution provider first where the installed onnxruntime has
+    #: it (engines cached under the storage folder, ``trt-cache/``). Default false; e.g. true.
+    tensorrt: bool = False
+    #: Most waiting studies the embedded worker analyses together, their images in one model
+    #: call (results per study as one by one). Default 8; 1: one study at a time.
+    batch_max_studies: int = 8
+    #: How long, in milliseconds, the embedded worker waits for more studies to fill a batch once
+    #: it has one. Default 0: it takes the studies already waiting and never delays one; e.g. 20.
+    batch_wait_ms: float = 0.0
     log_format: str = "console"  # console | json
     log_level: str = "info"
     metrics_port: int = 9108  # Prometheus /metrics of `dicomnode serve`; 0 disables it
     metrics_host: str = "127.0.0.1"  # address /metrics listens on; 0.0.0.0 only for a remote scraper
     metrics_window_seconds: float = 3600.0  # analyses finished this long before start seed the histograms
+    # --- the web worklist and status page (dicomnode.web) ---
+    #: Port of the node's web page (worklist, studies, model, health); 0 (default): off. Also
+    #: ``dicomnode web`` serves it on its own. E.g. 8088
+    web_port: int = 0
+    #: Address the web page listens on. Default 127.0.0.1; any other address needs
+    #: DICOMNODE_WEB_TOKEN. E.g. 0.0.0.0 (behind a firewall or a TLS reverse proxy)
+    web_host: str = "127.0.0.1"
+    #: Secret that unlocks the web page (a login form, or ``Authorization: Bearer <token>``), at
+    #: least 16 characters; empty (default): no login, allowed only on a loopback address. E.g.
+    #: the output of ``openssl rand -hex 24``
+    web_token: str = field(default="", repr=False)
+    #: Show patient names on the web page (read from the stored images). Default false: the page
+    #: shows accession numbers and Study UIDs only. E.g. true on a reading-room screen
+    web_show_patient_names: bool = False
     # --- receiving (SCP) ---
     allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE may associate
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the SCP speaks TLS only
@@ -181,6 +236,38 @@ class Settings:
     retention_result_days: float = 0.0
     #: How often ``serve`` purges what retention allows (seconds; 0: only ``dicomnode purge``).
     purge_interval_seconds: float = 3600.0
+    # --- urgent-finding notifications (dicomnode.delivery.hook) ---
+    #: URLs that get an HTTP POST (JSON, no patient name or ID) for every analysis whose priority
+    #: is urgent (``mllp://host:port``: an HL7 v2 ORU^R01 instead), comma-separated (or a TOML
+    #: list); empty (default): none. Each is retried with
+    #: backoff for DICOMNODE_URGENT_HOOK_WINDOW_SECONDS. E.g. https://ris.example.org/hooks/urgent
+    urgent_hook_urls: tuple[str, ...] = ()
+    #: One HTTP header sent with every hook POST, ``Name: value``; empty (default): none. Keep
+    #: tokens here rather than in the URL (URLs are recorded). E.g. ``Authorization: Bearer s3cret``
+    urgent_hook_auth_header: str = ""
+    #: Seconds one hook POST may take (connect and answer) before it counts as failed. Default 5.
+    urgent_hook_timeout_seconds: float = 5.0
+    #: How long, from the first attempt, a hook POST that fails is retried (by the reconciler, with
+    #: the delivery backoff) before it is recorded failed. Default 3600 (1 h); e.g. 600.
+    urgent_hook_window_seconds: float = 3600.0
+    # --- DICOMweb (STOW-RS): dicomnode.dicomweb receives, dicomnode.delivery.stow sends ---
+    #: Bearer token sent (``Authorization: Bearer``) to every ``stow+`` destination; empty
+    #: (default): none. Never logged. E.g. ``eyJhbGciOi...``
+    stow_token: str = field(default="", repr=False)
+    #: HTTP basic auth for every ``stow+`` destination, ``user:password``; empty (default): none.
+    #: Never logged. E.g. ``dicomnode:s3cret``
+    stow_basic_auth: str = field(default="", repr=False)
+    #: Port of the node's STOW-RS service (``POST /studies``); 0 (default): off. E.g. 8080
+    dicomweb_port: int = 0
+    #: Address the STOW-RS service listens on. Default 127.0.0.1; any other address needs
+    #: DICOMNODE_DICOMWEB_TOKEN. E.g. 0.0.0.0
+    dicomweb_host: str = "127.0.0.1"
+    #: Bearer token a STOW-RS sender must present (``Authorization: Bearer <token>``); empty
+    #: (default): none asked, allowed only on a loopback address. E.g. a long random string
+    dicomweb_token: str = field(default="", repr=False)
+    #: Largest STOW-RS request body, in bytes, all parts together (each part is also held to
+    #: DICOMNODE_MAX_DATASET_BYTES); a larger one is answered 413. Default 4 GiB; 0: no limit.
+    dicomweb_max_request_bytes: int = 4 << 30
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -249,6 +336,9 @@ def parse_destinations(
         entry, _, query = raw.strip().partition("?")
         if not entry:
             continue
+        if entry.startswith(STOW_PREFIX):
+            out.append(_stow_destination(entry[len(STOW_PREFIX) :], query, key))
+            continue
         m = _DEST_RE.match(entry)
         if not m:
             raise ConfigError(f"{key} entry {entry!r} must look like AE@host:port, e.g. PACS@10.0.0.5:104")
@@ -260,6 +350,44 @@ def parse_destinations(
             raise ConfigError(f"{key} entry {entry!r}: AE title must be 1-16 printable characters")
         out.append(_with_tls(Destination(ae, m["host"], port), query, f"{key} entry {raw.strip()!r}"))
     return tuple(out)
+
+
+def _stow_destination(url: str, query: str, key: str) -> Destination:
+    """A STOW-RS destination from its base URL and options (``ca=``, ``cert=``, ``key=``)."""
+    from urllib.parse import urlsplit
+
+    where = f"{key} entry {STOW_PREFIX + url + ('?' + query if query else '')!r}"
+    try:
+        parts = urlsplit(url)
+        if parts.username or parts.password:  # the message must not repeat them
+            where = f"{key} entry {STOW_PREFIX + parts.scheme}://...@{parts.hostname}..."
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}; e.g. stow+https://pacs.example.org/dicom-web") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{where}: after stow+ comes the DICOMweb base URL, http or https, "
+            "e.g. stow+https://pacs.example.org/dicom-web"
+        )
+    if parts.username or parts.password:
+        raise ConfigError(
+            f"{where}: no credentials in the URL (it is logged and recorded): set DICOMNODE_STOW_BASIC_AUTH "
+            "(user:password) or DICOMNODE_STOW_TOKEN instead"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{where}: the base URL takes no query or fragment; options follow ?, e.g. ?ca=/ca.pem")
+    base = url.rstrip("/")
+    if len(STOW_PREFIX + base) > 128:
+        raise ConfigError(f"{where}: the URL is longer than the 123 characters SQL records for a destination")
+    dest = Destination("", parts.hostname, port, tls=parts.scheme == "https", url=base)
+    if "name=" in query:
+        raise ConfigError(f"{where}: name= is for DICOM TLS; a STOW-RS certificate must match the URL's host")
+    if not query:
+        return dest
+    with_options = _with_tls(dest, query, where)
+    if not dest.tls:
+        raise ConfigError(f"{where}: ca=, cert= and key= need an https URL")
+    return with_options
 
 
 def _with_tls(dest: Destination, query: str, where: str) -> Destination:
@@ -325,6 +453,23 @@ def parse_ae_list(value: str | list[str], key: str = "DICOMNODE_ALLOWED_CALLING_
     return tuple(out)
 
 
+def parse_hook_urls(value: str | list[str], key: str = "DICOMNODE_URGENT_HOOK_URLS") -> tuple[str, ...]:
+    """Comma-separated (env) or list (TOML) of http(s) URLs with a host, or ``mllp://host:port``."""
+    from urllib.parse import urlsplit
+
+    items = value if isinstance(value, list) else str(value).split(",")
+    urls = tuple(str(v).strip() for v in items if str(v).strip())
+    for url in urls:
+        parts = urlsplit(url)
+        mllp = parts.scheme == "mllp" and parts.hostname and parts.port
+        if not mllp and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ConfigError(
+                f"{key} entry {url!r}: use an http(s) URL, e.g. https://ris.example.org/hooks/urgent, "
+                "or mllp://host:port for HL7 v2"
+            )
+    return urls
+
+
 def parse_client_aes(value: str | list[str], key: str = "DICOMNODE_TLS_CLIENT_AES") -> tuple[str, ...]:
     """``CN:AE`` entries, comma-separated (env) or a list (TOML), split at the last colon; the CN is
     kept exactly as written (it is compared with the certificate's), the AE title checked."""
@@ -375,6 +520,7 @@ _BY_NAME: dict[str, Callable[[str, Any], Any]] = {
     "duplicate_policy": lambda key, v: str(v).strip().lower(),
     "log_level": lambda key, v: str(v).strip().lower(),  # INFO and info alike
     "log_format": lambda key, v: str(v).strip().lower(),
+    "urgent_hook_urls": lambda key, v: parse_hook_urls(v, key),  # URLs: case kept, checked
 }
 _BY_TYPE: dict[Any, Callable[[str, Any], Any]] = {
     bool: _parse_bool,
@@ -422,6 +568,11 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError(f"DICOMNODE_PORT={s.port}: use 0-65535 (0 picks a free port)")
     if s.quiet_seconds < 0:
         raise ConfigError(f"DICOMNODE_QUIET_SECONDS={s.quiet_seconds}: must be >= 0")
+    if not s.release_grace_seconds >= 0:
+        raise ConfigError(
+            f"DICOMNODE_RELEASE_GRACE_SECONDS={s.release_grace_seconds}: use seconds >= 0, e.g. 0.2, "
+            "or 0 to wait out the quiet period after every association"
+        )
     if s.task_time_limit <= 0 or s.visibility_timeout <= 0:
         raise ConfigError("DICOMNODE_TASK_TIME_LIMIT and DICOMNODE_VISIBILITY_TIMEOUT must be > 0")
     if s.delivery_attempts < 0:
@@ -436,7 +587,18 @@ def _validate(s: Settings) -> Settings:
         ("RECONCILE_AFTER_SECONDS", s.reconcile_after_seconds),
         ("PUBLISH_TIMEOUT_SECONDS", s.publish_timeout_seconds),
         ("STORAGE_COMMITMENT_TIMEOUT_SECONDS", s.storage_commitment_timeout_seconds),
+        ("URGENT_HOOK_TIMEOUT_SECONDS", s.urgent_hook_timeout_seconds),
+        ("URGENT_HOOK_WINDOW_SECONDS", s.urgent_hook_window_seconds),
     )
+    if s.urgent_hook_auth_header and ":" not in s.urgent_hook_auth_header.strip(":"):
+        raise ConfigError(
+            "DICOMNODE_URGENT_HOOK_AUTH_HEADER: use one header as 'Name: value', e.g. 'Authorization: Bearer s3cret'"
+        )
+    if not s.delivery_idle_release_seconds >= 0:
+        raise ConfigError(
+            f"DICOMNODE_DELIVERY_IDLE_RELEASE_SECONDS={s.delivery_idle_release_seconds}: use seconds >= 0, "
+            "e.g. 5, or 0 for a fresh association per delivery round"
+        )
     if s.reconcile_interval_seconds < 0:
         raise ConfigError(
             f"DICOMNODE_RECONCILE_INTERVAL_SECONDS={s.reconcile_interval_seconds}: use seconds > 0, or 0 to turn it off"
@@ -473,7 +635,60 @@ def _validate(s: Settings) -> Settings:
             raise ConfigError(f"DICOMNODE_{key}={v}: use a number >= 0 (0 turns it off), e.g. 30")
     _validate_decoding(s)
     _validate_receiving(s)
+    _validate_dicomweb(s)
+    _validate_web(s)
     return s
+
+
+def _validate_dicomweb(s: Settings) -> None:
+    if not 0 <= s.dicomweb_port < 65536:
+        raise ConfigError(f"DICOMNODE_DICOMWEB_PORT={s.dicomweb_port}: use 1-65535, or 0 to turn STOW-RS off")
+    if s.dicomweb_port and not s.dicomweb_token and s.dicomweb_host not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError(
+            f"DICOMNODE_DICOMWEB_HOST={s.dicomweb_host!r} is not a loopback address: set "
+            "DICOMNODE_DICOMWEB_TOKEN (senders present it as a bearer token), or listen on 127.0.0.1"
+        )
+    if s.dicomweb_max_request_bytes < 0:
+        raise ConfigError(
+            f"DICOMNODE_DICOMWEB_MAX_REQUEST_BYTES={s.dicomweb_max_request_bytes}: use bytes >= 0 "
+            "(0: no limit), e.g. 4294967296"
+        )
+    if s.stow_basic_auth and ":" not in s.stow_basic_auth:
+        raise ConfigError("DICOMNODE_STOW_BASIC_AUTH: use user:password, e.g. dicomnode:s3cret")
+    if s.stow_basic_auth and s.stow_token:
+        raise ConfigError("DICOMNODE_STOW_BASIC_AUTH and DICOMNODE_STOW_TOKEN: set one of them, not both")
+
+
+#: Shortest DICOMNODE_WEB_TOKEN: a guessable secret would leave the page open to anyone.
+WEB_TOKEN_MIN_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable only from this machine."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name other than localhost may resolve anywhere
+        return False
+
+
+def _validate_web(s: Settings) -> None:
+    if not 0 <= s.web_port < 65536:
+        raise ConfigError(f"DICOMNODE_WEB_PORT={s.web_port}: use 1-65535, e.g. 8088, or 0 to turn the web page off")
+    if s.web_token and len(s.web_token) < WEB_TOKEN_MIN_LENGTH:
+        raise ConfigError(
+            f"DICOMNODE_WEB_TOKEN is {len(s.web_token)} characters: use at least {WEB_TOKEN_MIN_LENGTH}, "
+            "e.g. the output of `openssl rand -hex 24`"
+        )
+    if s.web_port and not s.web_token and not is_loopback(s.web_host):
+        raise ConfigError(
+            f"DICOMNODE_WEB_HOST={s.web_host!r} is not a loopback address: set DICOMNODE_WEB_TOKEN "
+            "(at least 16 characters, e.g. `openssl rand -hex 24`) so the page asks for it, "
+            "or keep DICOMNODE_WEB_HOST=127.0.0.1"
+        )
 
 
 def _validate_decoding(s: Settings) -> None:
@@ -489,6 +704,18 @@ def _validate_decoding(s: Settings) -> None:
         )
     if not s.decode_timeout_seconds > 0:
         raise ConfigError(f"DICOMNODE_DECODE_TIMEOUT_SECONDS={s.decode_timeout_seconds}: must be > 0 seconds")
+    if s.batch_max_studies < 1:
+        raise ConfigError(
+            f"DICOMNODE_BATCH_MAX_STUDIES={s.batch_max_studies}: use 1 (one study at a time) or more, e.g. 8"
+        )
+    if s.int8_max_auroc_drop != s.int8_max_auroc_drop:  # NaN
+        raise ConfigError(
+            "DICOMNODE_INT8_MAX_AUROC_DROP=nan: use an AUROC difference, e.g. 0.01, or -1 to never use INT8"
+        )
+    if not 0 <= s.batch_wait_ms <= 10_000:
+        raise ConfigError(
+            f"DICOMNODE_BATCH_WAIT_MS={s.batch_wait_ms}: use milliseconds from 0 (no waiting) to 10000, e.g. 20"
+        )
 
 
 def _validate_receiving(s: Settings) -> None:

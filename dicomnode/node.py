@@ -2,7 +2,9 @@
 
 Start: sweep half-written files, migrate, re-arm or re-queue studies a previous run left behind,
 listen, then re-scan disk against SQL on a thread of its own (:mod:`dicomnode.receive.rescan`: a
-big storage folder never keeps the port shut). While it runs, the reconciler
+big storage folder never keeps the port shut). The node tells the tracker which association sent
+each recorded instance and when each association ends, so a study sent over one association is
+complete soon after that association is released (:mod:`dicomnode.receive.tracker`). While it runs, the reconciler
 (:mod:`dicomnode.receive.reconcile`) hands on again what got stranded since (a database or broker
 outage, a lost delivery round, a study held for a model). Stop (SIGTERM): stop accepting, let open associations finish
 for ``shutdown_grace_seconds``, abort the rest (their unanswered instances were never claimed
@@ -16,12 +18,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from dicomnode.config import Settings
 from dicomnode.net import Listener, ListenerConfig, server_tls_context
+from dicomnode.net.association import StoreRequest
 from dicomnode.net.commitment_report import CommitmentReport
 from dicomnode.net.status import SUCCESS
 from dicomnode.receive.fingerprint import Fingerprinter
@@ -36,7 +39,15 @@ from dicomnode.store.models import StudyState, utcnow
 from dicomnode.store.queries import studies_awaiting_delivery, studies_in_state
 from dicomnode.store.records import add_event, set_study_state, stamp_claimed
 
+if TYPE_CHECKING:  # imported when DICOMNODE_DICOMWEB_PORT is set: uvicorn is not loaded otherwise
+    from dicomnode.dicomweb import StowServer
+
 log = structlog.get_logger("dicomnode.node")
+
+#: Instances answered Success whose row has not committed yet, remembered with the association that
+#: sent them. A row that never commits leaves its entry behind: past this many the oldest are
+#: dropped, and their studies wait out the quiet period.
+MAX_UNRECORDED_SENDERS = 20_000
 
 
 class TaskRunner(Protocol):
@@ -71,7 +82,14 @@ class Node:
         self.store: Store | None = None
         self._runners = runners
         self.runner: TaskRunner | None = None
-        self.tracker = StudyTracker(settings.quiet_seconds, self._on_study_complete)
+        self.tracker = StudyTracker(
+            settings.quiet_seconds,
+            self._on_study_complete,
+            release_grace_seconds=settings.release_grace_seconds,
+        )
+        #: SOP Instance UID -> the association that sent it, until its row commits
+        self._senders: dict[str, int] = {}
+        self._senders_lock = threading.Lock()
         self._server: Listener | None = None
         self.fingerprinter: Fingerprinter | None = None
         self._handler: StoreHandler | None = None
@@ -82,6 +100,8 @@ class Node:
         self._rescan_thread: threading.Thread | None = None
         self.reconciler: Reconciler | None = None
         self._stopped = False
+        #: the STOW-RS service (DICOMNODE_DICOMWEB_PORT), None when off
+        self.dicomweb: StowServer | None = None
 
     @property
     def incoming_dir(self) -> Path:
@@ -128,6 +148,7 @@ class Node:
             deliver_now=getattr(self.runner, "deliver_now", None),
             echo=getattr(self.runner, "echo", None),
             backlog=getattr(self.runner, "backlog", None),
+            notify=getattr(self.runner, "notify_due", None),
         ).start()
         handler = self._handler = StoreHandler(
             self.store,
@@ -153,11 +174,13 @@ class Node:
                 max_dataset_bytes=s.max_dataset_bytes,
                 min_free_bytes=s.min_free_bytes,
             ),
-            handler,
+            self._on_store,
             incoming_dir=self.incoming_dir,
             ssl_context=server_tls_context(s),
             on_commitment=self._on_commitment,
+            on_association_end=self._on_association_end,
         )
+        self._start_dicomweb(handler)
         self._server.start(s.host, s.port)
         listener = self._server
         self.fingerprinter = Fingerprinter(self.store, last_activity=lambda: listener.last_store).start()
@@ -185,6 +208,42 @@ class Node:
         )
         self._rescan_thread.start()
         return self
+
+    def _start_dicomweb(self, handler: StoreHandler) -> None:
+        """The STOW-RS service, when DICOMNODE_DICOMWEB_PORT is set: its instances take the
+        C-STORE path (``handler``) into the same storage, SQL rows and study tracker."""
+        s = self.settings
+        if not s.dicomweb_port:
+            return
+        from dicomnode.dicomweb import StowConfig, StowServer, create_app
+
+        app = create_app(
+            StowConfig(
+                incoming_dir=self.incoming_dir,
+                token=s.dicomweb_token,
+                max_part_bytes=s.max_dataset_bytes,
+                max_request_bytes=s.dicomweb_max_request_bytes,
+                min_free_bytes=s.min_free_bytes,
+                early_writeback=s.fsync,
+                chunk_timeout=s.network_timeout_seconds,
+            ),
+            handler,
+        )
+        self.dicomweb = StowServer(
+            app,
+            s.dicomweb_host,
+            s.dicomweb_port,
+            limit_concurrency=s.max_associations,
+            tls_cert=s.tls_cert,
+            tls_key=s.tls_key,
+        ).start()
+        log.info(
+            "dicomweb.started",
+            host=s.dicomweb_host,
+            port=self.dicomweb.port,
+            https=s.tls_cert is not None,
+            token=bool(s.dicomweb_token),
+        )
 
     def _rescan(self, instances_dir: Path, started_at: float) -> None:
         """The start-up re-scan, after the port opened; a study it records gets a quiet period,
@@ -253,8 +312,37 @@ class Node:
             )
         return SUCCESS
 
+    def _on_store(self, req: StoreRequest) -> int:
+        """The listener's C-STORE callback: the handler's, remembering which association sent
+        the instance until its row commits (:meth:`_on_stored`)."""
+        assert self._handler is not None
+        uid, serial = req.sop_instance_uid, req.association
+        with self._senders_lock:
+            self._senders[uid] = serial
+            if len(self._senders) > MAX_UNRECORDED_SENDERS:
+                del self._senders[next(iter(self._senders))]
+        code = self._handler(req)
+        if code != SUCCESS:
+            with self._senders_lock:
+                if self._senders.get(uid) == serial:
+                    del self._senders[uid]
+        return code
+
+    def _on_association_end(self, serial: int, released: bool) -> None:
+        """An association ended (on its own thread, its connection closed): once every row it
+        sent has committed, a release completes the studies it alone sent after the grace."""
+        if released and self.settings.release_grace_seconds > 0 and self._handler is not None:
+            released_at = self.tracker.clock()  # the grace runs while the last rows commit
+            # the last instances' rows follow their responses by milliseconds (the recorder's batch)
+            if self._handler.recorder.flush(timeout=min(self.settings.quiet_seconds, 10.0)):
+                self.tracker.release(serial, released_at=released_at)
+                return
+        self.tracker.forget(serial)
+
     def _on_stored(self, inst: ReceivedInstance) -> None:
-        self.tracker.touch(inst.study_uid)
+        with self._senders_lock:
+            serial = self._senders.pop(inst.sop_instance_uid, None)
+        self.tracker.touch(inst.study_uid, serial)
         if self.fingerprinter is not None:
             self.fingerprinter.poke()
 
@@ -281,6 +369,8 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        if self.dicomweb is not None:  # no new STOW-RS requests; those in progress finish first
+            self.dicomweb.stop(self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds)
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()

@@ -26,6 +26,9 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=settings.queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # one study per task, one prefetched: a worker that dies holds one study, not a batch
+        # (batching tasks with celery-batches needs a prefetch of at least the batch; a GPU
+        # host runs more processes instead: docs/sizing.md#gpu-workers)
         worker_prefetch_multiplier=1,
         task_serializer="json",
         accept_content=["json"],

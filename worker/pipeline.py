@@ -43,7 +43,7 @@ from dicomnode.store.models import StudyState, utcnow
 from dicomnode.store.queries import latest_analysis, study_instances, study_state
 from dicomnode.store.records import (
     AnalysisAttemptsExhausted,
-    set_study_state,
+    end_analysis,
     start_analysis,
     update_analysis,
 )
@@ -62,6 +62,39 @@ class StudyOutcome:
     reason: str | None = None
     skipped: bool = False  # already analysed with this model: nothing done (idempotent re-delivery)
     result_paths: tuple[Path, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A study whose analysis attempt is counted (:meth:`Pipeline.start`)."""
+
+    study_uid: str
+    analysis_id: int
+    bound: structlog.typing.FilteringBoundLogger
+
+
+@dataclass
+class Prepared:
+    """A started study with its preprocessed images, ready for the model (:meth:`Pipeline.prepare`)."""
+
+    started: Started
+    sources: list[Dataset]
+    source_paths: list[str]
+    #: preprocessed images [1, S, S], one per source, in the same order
+    images: list[np.ndarray]
+    t0: float  # when preparing began (perf_counter), for the study.analysed timings
+
+    @property
+    def study_uid(self) -> str:
+        return self.started.study_uid
+
+    @property
+    def analysis_id(self) -> int:
+        return self.started.analysis_id
+
+    @property
+    def bound(self) -> structlog.typing.FilteringBoundLogger:
+        return self.started.bound
 
 
 def _encode(ds: Dataset) -> bytes:
@@ -93,7 +126,7 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
         """Open the store (migrating it) and load the model named by the settings."""
-        return cls(settings, Store(settings.effective_database_url), PneumoniaModel(settings.model_path))
+        return cls(settings, Store(settings.effective_database_url), PneumoniaModel.from_settings(settings))
 
     def already_done(self, study_uid: str) -> bool:
         """True if this model already produced this study's results after its last instance."""
@@ -112,6 +145,21 @@ class Pipeline:
             return StudyOutcome(
                 study_uid, study_state(self.store, study_uid) or StudyState.DELIVERED, skipped=True
             )
+        started = self.start(study_uid, queued_at=queued_at, execution=execution)
+        if isinstance(started, StudyOutcome):
+            return started
+        try:
+            return self._run(started)
+        except Exception as exc:
+            self.fail(started, exc)
+            raise
+
+    def start(
+        self, study_uid: str, *, queued_at: datetime | None = None, execution: str = "inprocess"
+    ) -> Started | StudyOutcome:
+        """Count an analysis attempt of ``study_uid`` (its SQL row); the outcome instead when the
+        study has used up its attempts. The first step of :meth:`analyse_study` and of
+        ``worker.batch``."""
         card = self.model.card
         bound = log.bind(study_uid=study_uid, model_version=card.version)
         try:  # counts the attempt; a study that killed every worker before fails here instead
@@ -127,14 +175,21 @@ class Pipeline:
         except AnalysisAttemptsExhausted as exc:
             bound.error("study.failed", reason=str(exc))
             return StudyOutcome(study_uid, StudyState.FAILED, reason=str(exc))
-        try:
-            return self._run(study_uid, analysis_id, bound)
-        except Exception as exc:
-            bound.exception("study.failed")
-            reason = failure_reason(exc)
-            update_analysis(self.store, analysis_id, error=reason, finished_at=utcnow())
-            set_study_state(self.store, study_uid, StudyState.FAILED, reason)
-            raise
+        return Started(study_uid, analysis_id, bound)
+
+    def fail(self, started: Started, exc: BaseException) -> None:
+        """Record that the analysis of a started study raised ``exc`` (logged with its traceback)."""
+        started.bound.exception("study.failed")
+        reason = failure_reason(exc)
+        end_analysis(
+            self.store,
+            started.analysis_id,
+            started.study_uid,
+            StudyState.FAILED,
+            reason,
+            error=reason,
+            finished_at=utcnow(),
+        )
 
     def _read_header(self, path: str) -> Dataset:
         """The instance's header for selection and the results, its pixel data left in the file.
@@ -151,10 +206,17 @@ class Pipeline:
         # are never read in full, and the decoding process reads the others itself
         return read_instance(path, max_inflated_bytes=self.settings.max_inflated_bytes, defer_size="64 KB")
 
-    def _run(
-        self, study_uid: str, analysis_id: int, bound: structlog.typing.FilteringBoundLogger
-    ) -> StudyOutcome:
-        card = self.model.card
+    def _run(self, started: Started) -> StudyOutcome:
+        prepared = self.prepare(started)
+        if isinstance(prepared, StudyOutcome):
+            return prepared
+        probs, cams = self.model.predict(np.stack(prepared.images))
+        return self.finish(prepared, probs, cams)
+
+    def prepare(self, started: Started) -> Prepared | StudyOutcome:
+        """Select, decode and preprocess the study's instances; the outcome instead when none
+        can be analysed (recorded in SQL either way)."""
+        study_uid, analysis_id, bound = started.study_uid, started.analysis_id, started.bound
         t0 = time.perf_counter()
         sources: list[Dataset] = []
         source_paths: list[str] = []
@@ -192,17 +254,23 @@ class Pipeline:
                     kind = exc.kind if isinstance(exc, DecodeError) else type(exc).__name__
                     d = Decision(d.sop_instance_uid, False, f"cannot preprocess ({kind}: {exc})"[:300])
             decisions.append(d)
-        update_analysis(
-            self.store,
-            analysis_id,
+        preprocessed = dict(
             preprocessed_at=utcnow(),
             instances_analysed=len(sources),
             selection=[d.as_dict() for d in decisions],
         )
         if not sources and failures:  # not the image's fault alone: say which setting to change
             reason = f"{len(failures)} instance(s) could not be decoded: {failures[0]}"[:900]
-            update_analysis(self.store, analysis_id, error=reason, finished_at=utcnow())
-            set_study_state(self.store, study_uid, StudyState.FAILED, reason)
+            end_analysis(
+                self.store,
+                analysis_id,
+                study_uid,
+                StudyState.FAILED,
+                reason,
+                **preprocessed,
+                error=reason,
+                finished_at=utcnow(),
+            )
             bound.error("study.failed", reason=reason)
             return StudyOutcome(study_uid, StudyState.FAILED, reason=reason)
         if not sources:
@@ -212,25 +280,80 @@ class Pipeline:
                 if decisions
                 else "study has no instances"
             )
-            update_analysis(self.store, analysis_id, error=reason, finished_at=utcnow())
-            set_study_state(self.store, study_uid, StudyState.NOT_APPLICABLE, reason)
+            end_analysis(
+                self.store,
+                analysis_id,
+                study_uid,
+                StudyState.NOT_APPLICABLE,
+                reason,
+                **preprocessed,
+                error=reason,
+                finished_at=utcnow(),
+            )
             bound.info("study.not_applicable", instances=len(decisions))
             return StudyOutcome(study_uid, StudyState.NOT_APPLICABLE, reason=reason)
+        update_analysis(self.store, analysis_id, **preprocessed)
+        return Prepared(started, sources, source_paths, images, t0)
 
-        probs, cams = self.model.predict(np.stack(images))
+    def finish(self, prepared: Prepared, probs: np.ndarray, cams: np.ndarray) -> StudyOutcome:
+        """Results of a prepared study from the model's outputs for its images (in their order):
+        SR and SC built, written, recorded and handed to delivery."""
+        card = self.model.card
+        study_uid, analysis_id, bound = prepared.study_uid, prepared.analysis_id, prepared.bound
+        sources, t0 = prepared.sources, prepared.t0
         t_infer = time.perf_counter()
         best = int(np.argmax(probs))
         finding = Finding(probability=float(probs[best]), threshold=card.threshold)
-        update_analysis(
-            self.store,
-            analysis_id,
+        inferred = dict(
             inferred_at=utcnow(),
             score=finding.probability,
             threshold=card.threshold,
             finding_present=finding.present,
             priority=finding.priority.value,
         )
+        try:
+            sr, sc, paths, rebuild_sr = self._results(prepared, finding, cams[best], best)
+        except Exception:  # the failed analysis keeps its score, as the finding was made
+            update_analysis(self.store, analysis_id, **inferred)
+            raise
+        t_results = time.perf_counter()
+        # one transaction for the model's finding and the results that carry it
+        update_analysis(
+            self.store,
+            analysis_id,
+            **inferred,
+            results_built_at=utcnow(),
+            sr_sop_instance_uid=str(sr.SOPInstanceUID),
+            sc_sop_instance_uid=str(sc.SOPInstanceUID),
+        )
+        bound.info(
+            "study.analysed",
+            score=round(finding.probability, 4),
+            priority=finding.priority.value,
+            images=len(sources),
+            preprocess_ms=round((t_infer - t0) * 1000, 1),
+            results_ms=round((t_results - t_infer) * 1000, 1),
+        )
 
+        if self.defer is not None:  # delivery is its own unit of work: never wait for a destination here
+            state = hand_off(self.settings, self.store, study_uid, analysis_id, self.defer)
+        else:
+            state = deliver_results(
+                self.settings, self.store, study_uid, analysis_id, [sr, sc], fallback=rebuild_sr
+            )
+        return StudyOutcome(
+            study_uid, state, finding.probability, finding.priority.value, result_paths=tuple(paths)
+        )
+
+    def _results(
+        self, prepared: Prepared, finding: Finding, cam: np.ndarray, best: int
+    ) -> tuple[Dataset, Dataset, list[Path], Callable[[Dataset], Dataset | None]]:
+        """The SR and the heatmap SC built, encoded once and written; with the Enhanced SR
+        fallback for destinations that refuse the Comprehensive 3D SR."""
+        card = self.model.card
+        study_uid, bound = prepared.study_uid, prepared.bound
+        sources, source_paths = prepared.sources, prepared.source_paths
+        config = self.model.preprocess_config
         # the analysed images name the revision: new content, new UIDs; a re-run of the same, the same
         uids = result_uids(study_uid, card.version, [str(ds.SOPInstanceUID) for ds in sources])
         predecessors = predecessor_srs(self.settings, self.store, study_uid, uids.sr_instance)
@@ -248,7 +371,7 @@ class Pipeline:
         display = self.decoder.display(source_paths[best], config, MAX_SIDE)
         sc, sc_bytes, _ = _build_result(
             lambda minimal: build_heatmap_sc(
-                sources[best], cams[best], finding, card, uids=uids, minimal=minimal, display=display
+                sources[best], cam, finding, card, uids=uids, minimal=minimal, display=display
             ),
             "sc",
             bound,
@@ -258,22 +381,6 @@ class Pipeline:
             path = result_file(self.settings, study_uid, str(result.SOPInstanceUID))
             stored = write_atomic(path, encoded)
             paths.append(stored.path)
-        t_results = time.perf_counter()
-        update_analysis(
-            self.store,
-            analysis_id,
-            results_built_at=utcnow(),
-            sr_sop_instance_uid=str(sr.SOPInstanceUID),
-            sc_sop_instance_uid=str(sc.SOPInstanceUID),
-        )
-        bound.info(
-            "study.analysed",
-            score=round(finding.probability, 4),
-            priority=finding.priority.value,
-            images=len(sources),
-            preprocess_ms=round((t_infer - t0) * 1000, 1),
-            results_ms=round((t_results - t_infer) * 1000, 1),
-        )
 
         def enhanced(ds: Dataset) -> Dataset | None:
             if ds.SOPInstanceUID == sr.SOPInstanceUID:
@@ -288,13 +395,7 @@ class Pipeline:
                 )
             return None
 
-        if self.defer is not None:  # delivery is its own unit of work: never wait for a destination here
-            state = hand_off(self.settings, self.store, study_uid, analysis_id, self.defer)
-        else:
-            state = deliver_results(self.settings, self.store, study_uid, analysis_id, [sr, sc], fallback=enhanced)
-        return StudyOutcome(
-            study_uid, state, finding.probability, finding.priority.value, result_paths=tuple(paths)
-        )
+        return sr, sc, paths, enhanced
 
 
 def _build_result(
@@ -333,4 +434,4 @@ def execution_label(kind: str) -> str:
     return kind if kind == "inprocess" else f"{kind}:{socket.gethostname()}"[:32]
 
 
-__all__ = ["Pipeline", "StudyOutcome", "execution_label", "failure_reason"]
+__all__ = ["Pipeline", "Prepared", "Started", "StudyOutcome", "execution_label", "failure_reason"]

@@ -14,6 +14,7 @@ never waits for a delivery (its threads are daemons and their associations are a
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +25,8 @@ import structlog
 
 from dicomnode.config import ConfigError, Settings
 from dicomnode.delivery import abort_all, echo, retry_delivery
+from dicomnode.delivery.hook import send_due
+from dicomnode.delivery.stow import StowAuth, reachable
 from dicomnode.node import TaskRunner
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState
@@ -106,8 +109,13 @@ class DeliveryThreads:
 
 
 class InProcessRunner:
-    """Runs studies one at a time on a background thread of this process (embedded mode), and
-    their deliveries on ``DICOMNODE_DELIVERY_THREADS`` threads of their own."""
+    """Runs studies on a background thread of this process (embedded mode), and their deliveries
+    on ``DICOMNODE_DELIVERY_THREADS`` threads of their own.
+
+    The analysis thread takes the studies waiting, up to ``DICOMNODE_BATCH_MAX_STUDIES`` (after
+    waiting up to ``DICOMNODE_BATCH_WAIT_MS`` for more), and analyses them together
+    (:func:`worker.batch.analyse_studies`); one study alone goes through
+    :meth:`worker.pipeline.Pipeline.analyse_study`."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
@@ -119,6 +127,10 @@ class InProcessRunner:
         self._timers: list[threading.Timer] = []
         self._queued: set[str] = set()
         self._queued_lock = threading.Lock()
+        #: studies submitted and not yet taken by the analysis thread, oldest first (one entry
+        #: per study in ``_queued``, so bounded by the studies the node holds)
+        self._waiting: collections.deque[tuple[str, datetime]] = collections.deque()
+        self._arrived = threading.Condition(self._queued_lock)
         self._delivery = DeliveryThreads(self._deliver, settings.delivery_threads)
 
     def _pipeline_instance(self) -> Any:
@@ -130,7 +142,7 @@ class InProcessRunner:
                 self._pipeline = Pipeline(
                     self.settings,
                     self.store,
-                    PneumoniaModel(self.settings.model_path),
+                    PneumoniaModel.from_settings(self.settings),
                     defer=self.retry_delivery,
                 )
             return self._pipeline
@@ -168,6 +180,11 @@ class InProcessRunner:
         """True when the configured destination named ``destination`` answers C-ECHO."""
         return _echo(self.settings, destination)
 
+    def notify_due(self) -> None:
+        """Urgent-finding POSTs that are due again, sent from the node (the reconciler's pass)."""
+        if self.store is not None:
+            send_due(self.settings, self.store)
+
     def _deliver(self, study_uid: str, analysis_id: int) -> Any:
         try:
             return retry_delivery(self.settings, self.store, study_uid, analysis_id, self.retry_delivery)
@@ -191,13 +208,43 @@ class InProcessRunner:
             log.exception("dispatch.inprocess_failed", study_uid=study_uid)
             return None
 
-    def submit(self, study_uid: str, queued_at: datetime) -> None:
+    def _run_waiting(self) -> Any:
+        """Analyse the studies waiting, up to ``DICOMNODE_BATCH_MAX_STUDIES`` together; nothing
+        when an earlier call took them all (each submit queues one call)."""
+        from dicomnode.model.session import ModelLoadError
+
+        limit, wait = self.settings.batch_max_studies, self.settings.batch_wait_ms / 1000
+        with self._arrived:
+            if self._waiting and wait > 0:
+                self._arrived.wait_for(lambda: len(self._waiting) >= limit, timeout=wait)
+            batch = [self._waiting.popleft() for _ in range(min(limit, len(self._waiting)))]
+        if len(batch) <= 1:
+            return self._run(*batch[0]) if batch else None
         with self._queued_lock:
+            self._queued.difference_update(uid for uid, _ in batch)
+        try:
+            pipeline = self._pipeline_instance()
+        except ModelLoadError as exc:
+            for uid, _ in batch:
+                hold_for_model(self.store, uid, exc, self.settings.model_path)
+            return None
+        from worker.batch import analyse_studies
+
+        try:
+            return analyse_studies(pipeline, batch, execution="inprocess")
+        except Exception:
+            log.exception("dispatch.inprocess_failed", studies=[uid for uid, _ in batch])
+            return None
+
+    def submit(self, study_uid: str, queued_at: datetime) -> None:
+        with self._arrived:
             if study_uid in self._queued:  # already waiting for the analysis thread
                 return
             self._queued.add(study_uid)
+            self._waiting.append((study_uid, queued_at))
+            self._arrived.notify()
         self.futures = [f for f in self.futures if not f.done()]
-        self.futures.append(self._executor.submit(self._run, study_uid, queued_at))
+        self.futures.append(self._executor.submit(self._run_waiting))
 
     def shutdown(self, wait: bool = True) -> None:
         for timer in self._timers:  # scheduled delivery rounds: the next start picks them up
@@ -215,6 +262,13 @@ class InProcessRunner:
 
 def _echo(settings: Settings, destination: str) -> bool:
     for dest in settings.destinations:
+        if str(dest) == destination and dest.is_stow:  # no C-ECHO over HTTP: a QIDO-RS query
+            return reachable(
+                dest,
+                auth=StowAuth.from_settings(settings),
+                connect_timeout=settings.delivery_connect_timeout_seconds,
+                timeout=min(30.0, settings.delivery_attempt_timeout_seconds),
+            )
         if str(dest) == destination:
             return echo(
                 dest,
@@ -233,10 +287,11 @@ class CeleryRunner:
     the SCP; a study that could not be published stays COMPLETE and the node's reconciler
     publishes it again."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
         from worker.app import make_celery
 
         self.settings = settings
+        self.store = store  # for the urgent-finding retries the node sends itself
         self.app = make_celery(settings)
         t = settings.publish_timeout_seconds
         options = dict(self.app.conf.broker_transport_options or {})
@@ -301,6 +356,11 @@ class CeleryRunner:
         """True when the configured destination named ``destination`` answers C-ECHO."""
         return _echo(self.settings, destination)
 
+    def notify_due(self) -> None:
+        """Urgent-finding POSTs that are due again, sent from the node (the reconciler's pass)."""
+        if self.store is not None:
+            send_due(self.settings, self.store)
+
     def backlog(self) -> int | None:
         """Studies waiting to be published or in the analysis queue; None when the broker cannot
         be reached (publishing again would fail too)."""
@@ -331,5 +391,5 @@ class CeleryRunner:
 def make_runner(settings: Settings, store: Store) -> TaskRunner:
     """In-process without a broker URL, Celery with one."""
     if settings.broker_url:
-        return CeleryRunner(settings)
+        return CeleryRunner(settings, store)
     return InProcessRunner(settings, store)

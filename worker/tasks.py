@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from dicomnode.config import load_settings
 from dicomnode.delivery import retry_delivery
+from dicomnode.delivery.pool import POOL
 from dicomnode.model.session import ModelLoadError
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState
@@ -47,6 +48,14 @@ def _close_pipeline(**_: Any) -> None:
     with _lock:
         if _pipeline is not None:
             _pipeline.close()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _release_kept_associations(**_: Any) -> None:
+    """Release this process's kept-open delivery associations (:mod:`dicomnode.delivery.pool`):
+    a prefork child ends with ``os._exit``, which runs no ``atexit`` handler."""
+    POOL.close()
 
 
 def _schedule_delivery(study_uid: str, analysis_id: int, delay: float) -> None:

@@ -1,5 +1,5 @@
 """``dicomnode`` command line: serve, worker, demo, push, echo, results, worklist, resend, reanalyse,
-migrate, audit, import-truth, monitor."""
+migrate, audit, import-truth, monitor, web."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from dicomnode.cli import node, ops, purge, reanalyse, results, retract, training
+from dicomnode.cli import node, ops, purge, reanalyse, results, retract, training, web
 from dicomnode.cli.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 from dicomnode.config import ConfigError
 
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retract.add_parser(sub)
     purge.add_parser(sub)
+    web.add_parser(sub)
 
     sp = sub.add_parser(
         "migrate", help="bring the database schema up to date (the node also does this at start)"

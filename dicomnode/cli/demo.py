@@ -228,7 +228,8 @@ def _print_table(rows: list[DemoRow], quiet: float) -> None:
     missing = sum(r.score is None for r in rows)
     print("-" * 70)
     print(
-        f"time-to-result = last instance sent -> SR stored at the PACS (includes the {quiet:g} s quiet period)"
+        "time-to-result = last instance sent -> SR stored at the PACS (a study is complete when its "
+        f"association is released, else after the {quiet:g} s quiet period)"
     )
     if pos and neg:
         sep = "yes" if min(pos) > max(neg) else "NO"

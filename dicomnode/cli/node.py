@@ -20,14 +20,16 @@ if TYPE_CHECKING:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the node (SCP, tracker, analysis; ``/metrics`` when its port is set).
+    """Run the node (SCP, tracker, analysis; ``/metrics`` and the web page when their ports are set).
 
     Before any start-up work (migrate, rescan): take the storage folder's lock, so a second node
     on the same folder is refused, and check that both listening addresses can be bound, so a port
     in use or a wrong host ends in one line instead of a traceback after the rescan."""
     from dicomnode.cli.listen_check import check_listen, listen_error
+    from dicomnode.cli.web import WEB_PAGE, start_page
     from dicomnode.node import Node
     from dicomnode.storage.lock import StorageLockedError, lock_storage
+    from dicomnode.store.db import Store
     from worker.runners import make_runner
 
     s = settings(args)
@@ -44,10 +46,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_listen(s.host, s.port, **dicom)  # port 0 (any free one) still checks the host
         if s.metrics_port:
             check_listen(s.metrics_host, s.metrics_port, **web)
+        if s.web_port:
+            check_listen(s.web_host, s.web_port, **WEB_PAGE)
         metrics = store = None
         if s.metrics_port:  # one /metrics for the node and every worker: it reads the shared SQL
             from dicomnode.ops.metrics import start_metrics_server
-            from dicomnode.store.db import Store
 
             store = Store(s.effective_database_url)
             try:
@@ -55,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             except OSError as exc:  # taken between the check and now
                 store.dispose()
                 raise listen_error(exc, s.metrics_host, s.metrics_port, **web) or exc from None
+        # the web worklist (dicomnode.web) on a store of its own, like /metrics
+        page = start_page(s, Store(s.effective_database_url)) if s.web_port else None
         node = Node(s, make_runner)
         schedule = _purge_schedule(s)  # retention (dicomnode.ops.purge), when set
         try:
@@ -68,6 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             if schedule is not None:
                 schedule.stop()
+            if page is not None:
+                page.stop()
             if metrics is not None and store is not None:
                 metrics.stop()
                 store.dispose()

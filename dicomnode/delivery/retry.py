@@ -139,18 +139,20 @@ def deliver(
     last_attempt: int | None = None,
     connect_timeout: float = 10.0,
     attempt_timeout: float = 120.0,
+    send: Callable[..., list[AttemptResult]] = send_once,
 ) -> bool:
     """Deliver every dataset to ``dest``; retry the ones that failed with exponential backoff.
 
     Makes attempts ``first_attempt`` .. ``first_attempt + attempts - 1`` of a budget that ends at
     ``last_attempt`` (default: the last of these). Returns True when all were stored, False when
-    these attempts ran out.
+    these attempts ran out. ``send`` makes one attempt: C-STORE, or STOW-RS
+    (:func:`dicomnode.delivery.stow.send_once`) for a ``stow+`` destination.
     """
     pending = list(datasets)
     stop = first_attempt + attempts - 1
     budget_end = stop if not last_attempt else last_attempt
     for n in range(first_attempt, stop + 1):
-        results = send_once(
+        results = send(
             pending,
             dest,
             calling_ae=calling_ae,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -21,8 +22,11 @@ from pydicom.uid import EnhancedSRStorage
 
 from dicomnode.config import Settings
 from dicomnode.delivery.commitment import request_and_record
+from dicomnode.delivery.hook import notify_urgent
 from dicomnode.delivery.retry import INLINE_ATTEMPTS, Defer, RetryPolicy, deliver, end_state
-from dicomnode.delivery.sender import AttemptResult, Fallback, enhanced_sr_fallback
+from dicomnode.delivery.sender import AttemptResult, Fallback, enhanced_sr_fallback, send_once
+from dicomnode.delivery.stow import StowAuth
+from dicomnode.delivery.stow import send_once as stow_send_once
 from dicomnode.store.commitments import uncommitted_objects
 from dicomnode.store.db import Store
 from dicomnode.store.models import DELIVERY_RETRY_REASON, StudyState, utcnow
@@ -83,10 +87,17 @@ def deliver_results(
             error=r.error,
         )
 
+    # an urgent finding is announced first; the hook's own retries never hold the DICOM objects
+    notify_urgent(settings, store, study_uid, analysis_id)
     policy = RetryPolicy.from_settings(settings)
     made = attempts_made(store, analysis_id) if continuing else {}
     first_at = first_attempt_at(store, analysis_id) if continuing else None
     fallback = fallback or enhanced_sr_fallback
+    for ds in datasets:  # the pipeline's results go out as the files it wrote (sender.encoded_file)
+        if not getattr(ds, "filename", None):
+            stored = result_file(settings, study_uid, str(ds.SOPInstanceUID))
+            if stored.is_file():
+                ds.filename = str(stored)
     # A re-delivered task (its worker died after sending) must not send a second copy.
     done = delivered_objects(store, study_uid)
     if settings.storage_commitment:  # an object whose commitment failed is delivered again
@@ -120,8 +131,13 @@ def deliver_results(
             last_attempt=policy.budget,
             connect_timeout=settings.delivery_connect_timeout_seconds,
             attempt_timeout=settings.delivery_attempt_timeout_seconds,
+            # a stow+ destination gets one STOW-RS POST per attempt instead of an association
+            send=partial(stow_send_once, auth=StowAuth.from_settings(settings))
+            if dest.is_stow
+            else partial(send_once, keep_open=settings.delivery_idle_release_seconds),
         )
-        if ok and settings.storage_commitment:
+        # STOW-RS has no storage commitment (PS3.18 has none): its answer is the last word
+        if ok and settings.storage_commitment and not dest.is_stow:
             # stored; delivered for good once the destination commits (its report comes later)
             ok = (
                 request_and_record(

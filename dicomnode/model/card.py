@@ -27,6 +27,11 @@ INPUT_NAME = "image"  # float32 [N, 1, S, S], preprocessed by dicomnode.model.pr
 PROBABILITY_OUTPUT = "probability"  # float32 [N], P(pneumonia)
 CAM_OUTPUT = "cam"  # float32 [N, h, w], class-activation map scaled to [0, 1] per image
 
+#: Key of the quantisation record in an INT8 model's ``card.metrics`` (``training.quantize``):
+#: ``fp32_version`` (the model it was made from) and, given labelled validation images,
+#: ``auroc_change`` (INT8 AUROC minus fp32 AUROC), which the worker checks before using it.
+QUANTIZATION_KEY = "quantization"
+
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -103,6 +108,7 @@ __all__ = [
     "MAX_VERSION_LENGTH",
     "METADATA_KEY",
     "PROBABILITY_OUTPUT",
+    "QUANTIZATION_KEY",
     "ModelCard",
     "check_version",
     "weights_version",

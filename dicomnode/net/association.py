@@ -23,6 +23,7 @@ at most :data:`MAX_DRAIN_BYTES` of it: past that the association is aborted.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -138,10 +139,20 @@ class StoreRequest:
     transfer_syntax_uid: str
     path: Path
     head: bytes = b""  # the first bytes of the data set (up to 64 KiB) as received, for the header
+    #: the number of the association that sent it (:attr:`Association.serial`), for
+    #: :data:`AssociationEndCallback`; 0: none
+    association: int = 0
 
 
 #: What the node does with each C-STORE: returns the DIMSE status to answer (:mod:`dicomnode.net.status`).
 StoreCallback = Callable[[StoreRequest], int]
+#: Told once an association has ended, with its :attr:`Association.serial` and whether the peer
+#: released it (A-RELEASE-RQ answered): then every instance it sent has been answered and the peer
+#: meant to stop. False: aborted (by either side), timed out or the connection dropped.
+AssociationEndCallback = Callable[[int, bool], None]
+
+#: Association numbers, unique within the process (the listener's accept loop takes them).
+_SERIALS = itertools.count(1)
 
 
 @dataclass
@@ -171,6 +182,10 @@ class Association(threading.Thread):
         self.peer = peer
         self.calling_ae = ""
         self.is_established = False
+        #: this association's number, as its C-STOREs carry it (:attr:`StoreRequest.association`)
+        self.serial = next(_SERIALS)
+        #: the peer ended the association with an A-RELEASE-RQ (the only normal end)
+        self.released = False
         #: closed by the listener while still negotiating, to make room (its pending cap)
         self.evicted = False
         self._send_lock = threading.Lock()
@@ -208,6 +223,7 @@ class Association(threading.Thread):
             self._discard_spare()
             self._close()
             self.listener.forget(self)
+            self.listener.ended(self)
 
     def abort(self) -> None:
         """End the association now (node shutdown): A-ABORT, then close the socket."""
@@ -448,6 +464,8 @@ class Association(threading.Thread):
             elif pdu_type == A_RELEASE_RQ_TYPE:
                 reader.exact(length)
                 self._send(A_RELEASE_RP_PDU)
+                # a release in the middle of a data set is no normal end: that instance was never answered
+                self.released = self._message is None
                 self._discard_partial()
                 self.is_established = False
                 self._bound.debug("association.released")
@@ -708,6 +726,7 @@ class Association(threading.Thread):
             transfer_syntax_uid=str(cx.transfer_syntax[0]),
             path=incoming.path,
             head=bytes(incoming.head),
+            association=self.serial,
         )
         try:
             return int(self.listener.on_store(req))
@@ -725,6 +744,7 @@ __all__ = [
     "REJECT_CALLING_AE",
     "REJECT_TOO_MANY",
     "Association",
+    "AssociationEndCallback",
     "StoreCallback",
     "StoreRequest",
 ]

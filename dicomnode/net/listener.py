@@ -31,7 +31,7 @@ from pathlib import Path
 
 import structlog
 
-from dicomnode.net.association import Association, StoreCallback
+from dicomnode.net.association import Association, AssociationEndCallback, StoreCallback
 from dicomnode.net.commitment_report import CommitmentCallback
 from dicomnode.net.contexts import supported_contexts
 from dicomnode.net.tls import client_ae_map
@@ -102,9 +102,12 @@ class Listener:
         incoming_dir: Path,
         ssl_context: ssl.SSLContext | None = None,
         on_commitment: CommitmentCallback | None = None,
+        on_association_end: AssociationEndCallback | None = None,
     ) -> None:
         self.config = config
         self.on_store = on_store
+        #: told when each association ends, released or not (the node completes studies on release)
+        self.on_association_end = on_association_end
         #: records Storage Commitment reports to our requests; None: they are refused
         self.on_commitment = on_commitment
         self.incoming_dir = str(incoming_dir)
@@ -264,6 +267,15 @@ class Listener:
                     self._per_peer.pop(assoc.peer, None)
             self._established.discard(assoc)
             self._pending.pop(assoc, None)
+
+    def ended(self, assoc: Association) -> None:
+        """``assoc``'s thread is ending (after :meth:`forget`): tell ``on_association_end``."""
+        if self.on_association_end is None or not assoc.calling_ae:
+            return  # no association was requested: nothing was sent over it
+        try:
+            self.on_association_end(assoc.serial, assoc.released)
+        except Exception as exc:  # the association is over either way; the study keeps its quiet period
+            log.error("association.end_callback_failed", peer=assoc.peer, error=type(exc).__name__)
 
     def shutdown(self) -> None:
         """Stop accepting and close the listening socket; open associations carry on."""

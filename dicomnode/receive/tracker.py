@@ -1,10 +1,20 @@
-"""Study completeness: a study is complete once no instance of it has arrived for a quiet period.
+"""Study completeness: a study is complete once its sender says so, or after a quiet period.
 
-DICOM has no "end of study" message, so like mercure and Orthanc's StableAge we wait for
-silence. The tracker keeps the last arrival per study in memory and, from its own thread, hands
-each study that has been quiet for ``quiet_seconds`` to ``on_complete`` exactly once. A late
-instance makes the study pending again. A study whose ``on_complete`` raised (the database or the
-broker away when its quiet period ended) is kept and handed on again ``retry_seconds`` later.
+DICOM has no "end of study" message. What comes closest is the sender releasing its association
+(A-RELEASE, PS3.8 7.2): a modality or PACS pushes a study over one association and releases it when
+the last instance is answered. So a study whose instances all came over one association is complete
+``release_grace_seconds`` after that association is released normally; an instance arriving
+within the grace, or a second association sending the same study, falls back to the quiet period.
+Every other study (several associations, an aborted or dropped association, a study found by the
+re-scan or re-armed by the reconciler) is complete after ``quiet_seconds`` without a new instance,
+as with mercure and Orthanc's StableAge. A study that completed early and then gets a late
+instance is re-opened and analysed again; its new results are revisions of the first
+(:mod:`dicomnode.delivery.revisions`).
+
+The tracker keeps, in memory, when each pending study is due and which association sent it, and
+from its own thread hands each due study to ``on_complete`` exactly once. A study whose
+``on_complete`` raised (the database or the broker away) is kept and handed on again
+``retry_seconds`` later.
 """
 
 from __future__ import annotations
@@ -17,9 +27,19 @@ import structlog
 
 log = structlog.get_logger("dicomnode.tracker")
 
+#: Studies one association is remembered to have sent (a bulk push or a hostile sender can send
+#: any number over one association): the studies past it wait out the quiet period.
+MAX_STUDIES_PER_ASSOCIATION = 1000
+
+#: ``_sender`` of a study that came over more than one association, or over none we know of.
+_SEVERAL = -1
+
 
 class StudyTracker:
-    """Watches arrivals and reports studies that have gone quiet."""
+    """Watches arrivals and association releases and reports studies that are complete.
+
+    ``release_grace_seconds`` 0 turns completion on release off: every study waits out
+    ``quiet_seconds``."""
 
     def __init__(
         self,
@@ -28,53 +48,123 @@ class StudyTracker:
         *,
         clock: Callable[[], float] = time.monotonic,
         retry_seconds: float | None = None,
+        release_grace_seconds: float = 0.0,
+        max_studies_per_association: int = MAX_STUDIES_PER_ASSOCIATION,
     ) -> None:
         self.quiet_seconds = quiet_seconds
         #: how long after a failed ``on_complete`` the study is handed on again
         self.retry_seconds = max(0.5, quiet_seconds) if retry_seconds is None else retry_seconds
+        self.release_grace_seconds = release_grace_seconds
+        self.max_studies_per_association = max_studies_per_association
         self.on_complete = on_complete
-        self._clock = clock
-        self._last: dict[str, float] = {}
+        #: the tracker's time (seconds, monotonic): what :meth:`release`'s ``released_at`` is on
+        self.clock = clock
+        self._due: dict[str, float] = {}  # pending study -> when it is complete
+        self._sender: dict[str, int] = {}  # pending study -> the one association that sent it, or _SEVERAL
+        self._sent_by: dict[int, set[str]] = {}  # association -> its pending studies (capped)
+        self._capped: set[int] = set()  # associations that reached the cap (logged once each)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def touch(self, study_uid: str) -> None:
-        """Record an arrival for ``study_uid`` now."""
+    def touch(self, study_uid: str, association: int | None = None) -> None:
+        """Record an arrival for ``study_uid`` now, sent over ``association`` (the listener's
+        number for it; None: not over an association, or one not known). The quiet period
+        starts again, and an early completion a release had set is called off."""
         with self._lock:
-            self._last[study_uid] = self._clock()
+            self._due[study_uid] = self.clock() + self.quiet_seconds
+            sender = self._sender.get(study_uid)
+            if association is None:
+                self._sender[study_uid] = _SEVERAL
+            elif sender is None:
+                self._sender[study_uid] = association
+            elif sender != association:
+                self._sender[study_uid] = _SEVERAL
+            if association is None or self._sender[study_uid] != association:
+                return
+            studies = self._sent_by.setdefault(association, set())
+            if study_uid in studies:
+                return
+            if len(studies) < self.max_studies_per_association:
+                studies.add(study_uid)
+                return
+            first_time = association not in self._capped
+            self._capped.add(association)
+        if first_time:
+            log.warning(
+                "tracker.association_study_cap",
+                association=association,
+                cap=self.max_studies_per_association,
+                detail="further studies of this association wait out DICOMNODE_QUIET_SECONDS",
+            )
+
+    def release(self, association: int, *, released_at: float | None = None) -> list[str]:
+        """``association`` was released normally (at ``released_at`` on :attr:`clock`; default
+        now) and every instance it sent is recorded: each study that it alone sent is complete
+        ``release_grace_seconds`` after the release (unless an instance arrives meanwhile).
+        Returns those studies."""
+        with self._lock:
+            studies = self._sent_by.pop(association, set())
+            self._capped.discard(association)
+            if self.release_grace_seconds <= 0:
+                return []
+            due = (self.clock() if released_at is None else released_at) + self.release_grace_seconds
+            early = sorted(uid for uid in studies if self._sender.get(uid) == association and uid in self._due)
+            for uid in early:
+                self._due[uid] = min(self._due[uid], due)
+        if early:
+            self._wake.set()  # sooner than the thread planned to look
+            log.debug("tracker.released", association=association, studies=len(early))
+        return early
+
+    def forget(self, association: int) -> None:
+        """``association`` ended without a release (aborted, dropped) or its instances could not
+        all be recorded: its studies wait out the quiet period."""
+        with self._lock:
+            self._sent_by.pop(association, None)
+            self._capped.discard(association)
 
     def pending(self) -> list[str]:
-        """Studies still inside their quiet period."""
+        """Studies not yet complete."""
         with self._lock:
-            return list(self._last)
+            return list(self._due)
 
     def due(self) -> list[str]:
-        """Remove and return the studies whose quiet period has passed."""
-        now = self._clock()
+        """Remove and return the studies that are complete now."""
+        now = self.clock()
         with self._lock:
-            ready = [uid for uid, t in self._last.items() if now - t >= self.quiet_seconds]
-            for uid in ready:
-                del self._last[uid]
+            ready = [uid for uid, t in self._due.items() if t <= now]
+            self._drop(ready)
         return ready
 
     def seconds_to_next_due(self) -> float:
-        """How long until the quietest pending study is due (a full quiet period when none is
+        """How long until the next pending study is due (a full quiet period when none is
         pending: a study touched from now on is due no sooner)."""
         with self._lock:
-            earliest = min(self._last.values(), default=None)
+            earliest = min(self._due.values(), default=None)
         if earliest is None:
             return self.quiet_seconds
-        return max(0.0, earliest + self.quiet_seconds - self._clock())
+        return max(0.0, earliest - self.clock())
 
     def flush(self) -> list[str]:
         """Hand on every pending study now (used at shutdown)."""
         with self._lock:
-            ready = list(self._last)
-            self._last.clear()
+            ready = list(self._due)
+            self._drop(ready)
         self._emit(ready)
         return ready
+
+    def _drop(self, uids: list[str]) -> None:
+        """With the lock held: forget ``uids`` (handed on) and who sent them."""
+        for uid in uids:
+            del self._due[uid]
+            sender = self._sender.pop(uid, _SEVERAL)
+            studies = self._sent_by.get(sender)
+            if studies is not None:
+                studies.discard(uid)
+                if not studies:  # an association whose end we never hear of holds nothing
+                    del self._sent_by[sender]
 
     def _emit(self, uids: list[str]) -> None:
         for uid in uids:
@@ -86,17 +176,19 @@ class StudyTracker:
                 )
                 with self._lock:
                     # due again retry_seconds from now, unless an arrival meanwhile set a later time
-                    again = self._clock() - self.quiet_seconds + self.retry_seconds
-                    self._last[uid] = max(self._last.get(uid, again), again)
+                    again = self.clock() + self.retry_seconds
+                    self._due[uid] = max(self._due.get(uid, again), again)
+                    self._sender[uid] = _SEVERAL
 
     def _run(self) -> None:
-        # Sleep until the next study is due, not by a fixed tick: a tick of 0.25 s added 0.125 s
-        # on average to every study's time to result. stop() wakes the wait; the floor keeps an
-        # early wake-up from spinning.
+        # Sleep until the next study is due, not by a fixed tick (a tick of 0.25 s added 0.125 s
+        # on average to every study's time to result); a release or stop() wakes the wait. The
+        # event is cleared before looking, so a release while we look is not missed; the floor
+        # keeps an early wake-up from spinning.
         while not self._stop.is_set():
+            self._wake.clear()
             self._emit(self.due())
             self._wake.wait(max(self.seconds_to_next_due(), 0.002))
-            self._wake.clear()
 
     def start(self) -> None:
         """Start the background thread."""
@@ -113,3 +205,6 @@ class StudyTracker:
             self._thread = None
         if flush:
             self.flush()
+
+
+__all__ = ["MAX_STUDIES_PER_ASSOCIATION", "StudyTracker"]

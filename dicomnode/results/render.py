@@ -5,11 +5,17 @@ Pure numpy. The radiograph is windowed exactly as the model saw it
 MONOCHROME1 inverted so air is dark), shrunk by area averaging, and the class-activation map is
 sampled bilinearly through the same geometry the preprocessing used (centred square padding
 when ``keep_aspect``), so hot spots sit on the anatomy the model looked at.
+
+The blend is one table lookup per pixel: the radiograph as 8-bit gray and the CAM in
+:data:`HEAT_LEVELS` steps index :func:`blend_table`, which holds :func:`jet` blended over each
+gray level exactly as the float formula does. An 8-bit output cannot show the gray more finely;
+the CAM steps move a colour by at most one level of 255 (tests/unit/test_results_render_fast.py).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +30,16 @@ from dicomnode.model.preprocess import (
 )
 from dicomnode.results.font import GLYPH_HEIGHT, text_mask, text_width
 
-__all__ = ["MAX_SIDE", "MIN_WIDTH", "Rendered", "display_image", "jet", "render_heatmap"]
+__all__ = [
+    "HEAT_LEVELS",
+    "MAX_SIDE",
+    "MIN_WIDTH",
+    "Rendered",
+    "blend_table",
+    "display_image",
+    "jet",
+    "render_heatmap",
+]
 
 #: Longest side of the SC image; larger radiographs are shrunk to keep the SC small.
 MAX_SIDE = 1024
@@ -34,8 +49,8 @@ MIN_WIDTH = 160
 ALPHA_MAX = 0.5
 #: Largest text scale (pixels per font pixel).
 _MAX_SCALE = 6
-#: rows blended at a time
-_BAND_ROWS = 128
+#: Steps of the CAM in the blend table (10 bits: a step moves a colour by under 1/255).
+HEAT_LEVELS = 1024
 
 _PAPER = np.array([0.08, 0.08, 0.08])
 _WARNING_INK = np.array([1.0, 0.85, 0.0])
@@ -107,14 +122,28 @@ def render_heatmap(
     banner = _banner(out_cols, lines, threshold)
     pixels = np.empty((banner.shape[0] + out_rows, out_cols, 3), dtype=np.uint8)
     pixels[: banner.shape[0]] = _to_uint8(banner)
-    # a band of rows at a time: the float RGB of a whole 1024 px image is ~25 MiB an array, and
-    # blending makes several, which a worker would hold at once for every study
-    for top in range(0, out_rows, _BAND_ROWS):
-        band = slice(top, top + _BAND_ROWS)
-        alpha = (ALPHA_MAX * heat[band])[..., None]
-        image = np.clip(gray[band], 0.0, 1.0)[..., None] * (1.0 - alpha) + jet(heat[band]) * alpha
-        pixels[banner.shape[0] + top : banner.shape[0] + top + image.shape[0]] = _to_uint8(image)
+    # (gray level, CAM step) -> RGB: uint32 indices into a 3 MiB table, no float RGB image;
+    # the gray level is _to_uint8 of the gray clipped to [0, 1], in place on one temporary
+    level = np.multiply(gray, 255.0)
+    np.clip(level, 0.0, 255.0, out=level)
+    index = np.rint(level, out=level).astype(np.uint32)
+    index *= HEAT_LEVELS
+    index += np.rint(heat * np.float32(HEAT_LEVELS - 1)).astype(np.uint32)
+    np.take(blend_table(), index, axis=0, out=pixels[banner.shape[0] :], mode="clip")
     return Rendered(pixels=pixels, banner_rows=banner.shape[0], zoom=(rows / out_rows, cols / out_cols))
+
+
+@functools.cache
+def blend_table() -> np.ndarray:
+    """uint8 [256 * HEAT_LEVELS, 3]: row ``g * HEAT_LEVELS + h`` is gray ``g / 255`` with
+    :func:`jet` of ``h / (HEAT_LEVELS - 1)`` blended over it at opacity ``ALPHA_MAX * h``, as
+    :func:`render_heatmap` draws it (built once per process, read-only)."""
+    gray = (np.arange(256) / 255.0)[:, None, None]
+    heat = np.arange(HEAT_LEVELS) / (HEAT_LEVELS - 1)
+    alpha = (ALPHA_MAX * heat)[None, :, None]
+    table = _to_uint8(gray * (1.0 - alpha) + jet(heat)[None] * alpha).reshape(-1, 3)
+    table.flags.writeable = False
+    return table
 
 
 def _to_uint8(unit_rgb: np.ndarray) -> np.ndarray:
@@ -122,7 +151,7 @@ def _to_uint8(unit_rgb: np.ndarray) -> np.ndarray:
 
 
 def _as_cam(cam: np.ndarray) -> np.ndarray:
-    cam = np.asarray(cam, dtype=np.float64)
+    cam = np.asarray(cam, dtype=np.float32)
     while cam.ndim > 2 and cam.shape[0] == 1:
         cam = cam[0]
     if cam.ndim != 2 or cam.size == 0:
@@ -150,18 +179,23 @@ def _cam_on_image(
 
 
 def _bilinear(grid: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Sample ``grid`` at rows ``ys`` x columns ``xs`` (index units, edges clamped)."""
+    """Sample ``grid`` at rows ``ys`` x columns ``xs`` (index units, edges clamped), float32.
 
-    def weights(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    Separable: ``weights(ys) @ grid @ weights(xs).T`` with two taps per row of each weight
+    matrix, so the full-size map costs one small matrix product."""
+
+    def weights(pos: np.ndarray, n: int) -> np.ndarray:
         pos = np.clip(pos, 0.0, n - 1)
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, n - 1)
-        return lo, hi, pos - lo
+        w = np.zeros((len(pos), n), dtype=np.float32)
+        taps = np.arange(len(pos))
+        w[taps, lo] = 1.0 - (pos - lo)
+        w[taps, hi] += pos - lo  # at the clamped edge lo == hi: the weights add up to 1
+        return w
 
-    y0, y1, fy = weights(ys, grid.shape[0])
-    x0, x1, fx = weights(xs, grid.shape[1])
-    rows = grid[y0] * (1.0 - fy)[:, None] + grid[y1] * fy[:, None]
-    return rows[:, x0] * (1.0 - fx)[None, :] + rows[:, x1] * fx[None, :]
+    grid = np.asarray(grid, dtype=np.float32)
+    return (weights(ys, grid.shape[0]) @ grid) @ weights(xs, grid.shape[1]).T
 
 
 def _banner(cols: int, lines: list[str], threshold: float) -> np.ndarray:

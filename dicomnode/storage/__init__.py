@@ -17,6 +17,7 @@ from dicomnode.storage.durable import (
     write_atomic,
 )
 from dicomnode.storage.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encode_file_meta
+from dicomnode.storage.group_commit import FlushError, FlushFunction, GroupCommit, fsync_paths
 from dicomnode.storage.incoming import (
     HEAD_BYTES,
     WRITEBACK_EVERY,
@@ -38,6 +39,9 @@ from dicomnode.storage.layout import UnsafeUIDError, instance_path, normalise_ui
 __all__ = [
     "DIR_MODE",
     "DeflateError",
+    "FlushError",
+    "FlushFunction",
+    "GroupCommit",
     "HEAD_BYTES",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
@@ -49,6 +53,7 @@ __all__ = [
     "UnsafeUIDError",
     "create_incoming_file",
     "encode_file_meta",
+    "fsync_paths",
     "inflate_prefixes",
     "inflated_size",
     "instance_path",

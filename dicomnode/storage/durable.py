@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomnode.storage.group_commit import GroupCommit, fsync_paths
+
 TMP_SUFFIX = ".tmp"
 #: Files and folders the node writes hold patient data (names, IDs, images): owner only, whatever
 #: the umask. Received instances are created 0600 as well (:mod:`dicomnode.storage.incoming`).
@@ -30,29 +32,23 @@ class StoredFile:
     sha256: str | None  # None when the bytes were not hashed on the way (see dicomnode.receive.fingerprint)
 
 
-def _make_dirs(path: Path, *, sync: bool) -> None:
-    """Create ``path`` and missing parents (owner only, :data:`DIR_MODE`); with ``sync``, each new
-    folder's entry in its parent is made durable too (fsync of the parent), or a power cut could
-    lose a whole new series."""
+def _make_dirs(path: Path) -> list[Path]:
+    """Create ``path`` and missing parents (owner only, :data:`DIR_MODE`); returns the folders whose
+    entries changed (each new folder's parent), which a durable write must fsync too, or a power
+    cut could lose a whole new series. A folder another association made a moment ago counts as
+    well: its maker may not have flushed it yet."""
     missing = []
     while not path.is_dir():
         missing.append(path)
         path = path.parent
+    changed = []
     for folder in reversed(missing):
         try:
             folder.mkdir(mode=DIR_MODE)
-        except FileExistsError:  # another association made it a moment ago
-            continue
-        if sync:
-            _fsync_dir(folder.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        except FileExistsError:
+            pass
+        changed.append(folder.parent)
+    return changed
 
 
 def write_atomic(path: Path, data: bytes | memoryview, *, sync: bool = True) -> StoredFile:
@@ -60,7 +56,9 @@ def write_atomic(path: Path, data: bytes | memoryview, *, sync: bool = True) -> 
     fsync the folder.
 
     ``sync=False`` skips both fsyncs (the file is whole after a process crash, not after a power cut)."""
-    _make_dirs(path.parent, sync=sync)
+    new_dirs = _make_dirs(path.parent)
+    if sync:
+        fsync_paths([], new_dirs)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}{TMP_SUFFIX}")
     digest = hashlib.sha256(data).hexdigest()
     try:
@@ -74,46 +72,44 @@ def write_atomic(path: Path, data: bytes | memoryview, *, sync: bool = True) -> 
         tmp.unlink(missing_ok=True)
         raise
     if sync:
-        _fsync_dir(path.parent)
+        fsync_paths([], [path.parent])
     return StoredFile(path, len(data), digest)
 
 
-def move_atomic(src: Path, path: Path, *, sync: bool = True) -> StoredFile:
+def move_atomic(src: Path, path: Path, *, sync: bool = True, commit: GroupCommit | None = None) -> StoredFile:
     """Durably move a received temp file (same filesystem) to ``path``.
 
-    The data is fsynced before the rename and the folder after it, so ``path`` is either absent or
-    whole after a power cut; ``sync=False`` skips the fsyncs. The file is not read (its SHA-256 is
-    taken later, off the receiving path: :mod:`dicomnode.receive.fingerprint`)."""
-    if sync:
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-    else:
-        size = os.stat(src).st_size
+    The data is fsynced before the rename, so ``path`` is either absent or whole after a power cut,
+    and the folder after it (with the parents of any folder made for it), so the name survives one;
+    ``sync=False`` skips the fsyncs. ``commit`` shares both flushes with the writes of concurrent
+    associations (:class:`dicomnode.storage.GroupCommit`); it raises
+    :class:`dicomnode.storage.FlushError` when the flush covering this move failed. The file is
+    not read (its SHA-256 is taken later, off the receiving path: :mod:`dicomnode.receive.fingerprint`)."""
+    flush = (fsync_paths if commit is None else commit.sync) if sync else None
+    size = os.stat(src).st_size
+    if flush is not None:
+        flush([src], [])  # the data before the name
+    new_dirs: list[Path] = []
     try:
         try:
             os.replace(src, path)
         except FileNotFoundError:  # the first instance of its series: make the folders
-            _make_dirs(path.parent, sync=sync)
+            new_dirs = _make_dirs(path.parent)
             os.replace(src, path)
     except OSError:  # another filesystem: copy to a temp file beside the target, then rename
         tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
         try:
             with open(src, "rb") as fin, open(os.open(tmp, _NEW_FILE, FILE_MODE), "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
-            if sync:
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
+            if flush is not None:
+                flush([tmp], [])
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         Path(src).unlink(missing_ok=True)
-    if sync:
-        _fsync_dir(path.parent)
+    if flush is not None:
+        flush([], [path.parent, *new_dirs])
     return StoredFile(path, size, None)
 
 

@@ -1,6 +1,7 @@
 """Write side of the store: what the SCP, the tracker and the pipeline record.
 
-Each function takes a :class:`~dicomnode.store.db.Store` and commits its own transaction.
+Each function takes a :class:`~dicomnode.store.db.Store` and commits its own transaction; where one
+step writes several things (:func:`end_analysis`), they share it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Event, Instance, Study, StudyState, utcnow
@@ -297,25 +299,39 @@ def set_study_state(
 
     ``reset_attempts``: the study's analysis attempts start again from 0 (an operator asked for a
     fresh analysis of a study that had used them up)."""
+    with store.session() as s:
+        return _set_study_state_in(
+            s, study_uid, state, reason, only_from=only_from, reset_attempts=reset_attempts
+        )
+
+
+def _set_study_state_in(
+    s: Session,
+    study_uid: str,
+    state: StudyState,
+    reason: str | None,
+    *,
+    only_from: tuple[StudyState, ...] = (),
+    reset_attempts: bool = False,
+) -> bool:
     values: dict[str, Any] = {"state": state.value, "state_reason": reason, "updated_at": utcnow()}
     if reset_attempts:
         values["analysis_attempts"] = 0
     if state is StudyState.COMPLETE:
         values["completed_at"] = utcnow()
-    with store.session() as s:
-        stmt = update(Study).where(Study.study_uid == study_uid)
-        if only_from:
-            stmt = stmt.where(Study.state.in_([x.value for x in only_from]))
-        # an UPDATE returns a CursorResult; Session.execute is typed as the generic Result
-        changed = cast(CursorResult[Any], s.execute(stmt.values(**values))).rowcount > 0
-        if changed:
-            s.add(
-                Event(
-                    kind=f"study.{state.value}",
-                    study_uid=study_uid,
-                    detail={"reason": reason} if reason else None,
-                )
+    stmt = update(Study).where(Study.study_uid == study_uid)
+    if only_from:
+        stmt = stmt.where(Study.state.in_([x.value for x in only_from]))
+    # an UPDATE returns a CursorResult; Session.execute is typed as the generic Result
+    changed = cast(CursorResult[Any], s.execute(stmt.values(**values))).rowcount > 0
+    if changed:
+        s.add(
+            Event(
+                kind=f"study.{state.value}",
+                study_uid=study_uid,
+                detail={"reason": reason} if reason else None,
             )
+        )
     return changed
 
 
@@ -398,10 +414,24 @@ def start_analysis(
 def update_analysis(store: Store, analysis_id: int, **values: Any) -> None:
     """Set columns of an analysis row (scores, timestamps, result UIDs, error)."""
     with store.session() as s:
-        s.execute(update(Analysis).where(Analysis.id == analysis_id).values(**values))
-        if values.get("finished_at") is not None:  # it finished: the attempt counter starts over
-            study_id = select(Analysis.study_id).where(Analysis.id == analysis_id).scalar_subquery()
-            s.execute(update(Study).where(Study.id == study_id).values(analysis_attempts=0))
+        _update_analysis_in(s, analysis_id, values)
+
+
+def end_analysis(
+    store: Store, analysis_id: int, study_uid: str, state: StudyState, reason: str, **values: Any
+) -> None:
+    """An analysis that ends without results, in one transaction: its row gets ``values`` (with
+    ``finished_at``, ``error``), and the study ``state`` (FAILED, NOT_APPLICABLE) with ``reason``."""
+    with store.session() as s:
+        _update_analysis_in(s, analysis_id, values)
+        _set_study_state_in(s, study_uid, state, reason)
+
+
+def _update_analysis_in(s: Session, analysis_id: int, values: dict[str, Any]) -> None:
+    s.execute(update(Analysis).where(Analysis.id == analysis_id).values(**values))
+    if values.get("finished_at") is not None:  # it finished: the attempt counter starts over
+        study_id = select(Analysis.study_id).where(Analysis.id == analysis_id).scalar_subquery()
+        s.execute(update(Study).where(Study.id == study_id).values(analysis_attempts=0))
 
 
 def record_delivery_attempt(

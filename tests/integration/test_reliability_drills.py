@@ -61,7 +61,8 @@ def test_database_outage_across_the_quiet_period_end_delivers_without_restart(
     node_factory: Callable[[Settings], Node],
     pacs: Receiver,
 ) -> None:
-    settings = make_settings(database_url=pg_url, quiet_seconds=1.5, **FAST_RECONCILE)
+    # the drill is the quiet period's end: completion on release is off (DICOMNODE_RELEASE_GRACE_SECONDS)
+    settings = make_settings(database_url=pg_url, quiet_seconds=1.5, release_grace_seconds=0, **FAST_RECONCILE)
     node = node_factory(settings)
     t0 = time.monotonic()
     uid = _push_study(tmp_path, node.port, seed=41)
@@ -132,6 +133,7 @@ def test_redis_outage_across_the_quiet_period_end_delivers_without_restart(
     quiet = 1.5
     settings = make_settings(
         broker_url=own_redis.url, queue="drill", database_url=pg_url, quiet_seconds=quiet,
+        release_grace_seconds=0,  # the drill is the quiet period's end, not completion on release
         publish_timeout_seconds=2.0, **FAST_RECONCILE,
     )  # fmt: skip
     from dicomnode.store.db import migrate
@@ -391,7 +393,8 @@ def test_a_study_started_three_times_without_finishing_fails_at_the_next_start_i
 ) -> None:
     from dicomnode.store.records import start_analysis
 
-    settings = make_settings(quiet_seconds=3600)  # stays receiving while the first node runs
+    # stays receiving while the first node runs (no completion on release either)
+    settings = make_settings(quiet_seconds=3600, release_grace_seconds=0)
     first = node_factory(settings)
     uid = _push_study(tmp_path, first.port, seed=48)
     assert first.flush_records()

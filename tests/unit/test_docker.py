@@ -379,7 +379,7 @@ def test_every_compose_variable_is_explained_in_env_example() -> None:
 def test_env_example_profiles_exist_in_compose() -> None:
     profiles = {p for s in load_compose()["services"].values() for p in s.get("profiles", [])}
     assert env_example()["COMPOSE_PROFILES"] in profiles
-    assert profiles == {"gpu", "cpu"}
+    assert profiles == {"gpu", "cpu", "monitoring"}
 
 
 def test_node_workers_and_migrations_agree_on_every_shared_setting() -> None:

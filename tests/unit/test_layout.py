@@ -26,8 +26,10 @@ ALLOWED: dict[str, set[str]] = {
     "store": set(),
     "receive": {"net", "storage", "store", "config"},
     "delivery": {"net", "storage", "store", "results", "config"},
-    "node": {"receive", "net", "storage", "store", "config"},
+    "node": {"receive", "net", "storage", "store", "config", "dicomweb"},
+    "dicomweb": {"receive", "net", "storage"},  # STOW-RS in: the C-STORE path behind HTTP
     "ops": {"store", "model", "results", "config"},
+    "web": {"ops", "store", "results", "model", "delivery", "config"},  # the page over them all
     "testing": {"net", "storage", "model", "results"},
     "config": {"model"},
     "logconfig": set(),

@@ -1,0 +1,218 @@
+"""Time to notification: the last instance's C-STORE response at the sender -> the SR stored at the PACS.
+
+    .venv/bin/python bench/notify.py --studies 20 --gap 1.5 --size 2048 [--burst 100]
+
+A modality (pynetdicom SCU) sends single-image chest radiograph phantoms to an embedded node, one
+study per association, released after its last instance, ``--gap`` seconds apart; a pynetdicom
+Storage SCP records when each SR is stored. The node runs with the default settings (quiet period
+5 s, in-process analysis, SQLite, fsync) twice in the same run: with completion on release
+(DICOMNODE_RELEASE_GRACE_SECONDS default) and, as the reference, with it off (every study waits out
+the quiet period). A warm-up study per node (model loaded, decoding child started) is not counted.
+The second table splits the time of the first mode by the timestamps the node records in SQL.
+
+``--burst N`` then pushes N studies back to back to a fresh node with default settings (one
+analysis thread) and reports their p95 against the issue's limit, quiet period + 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE
+from sqlalchemy import select
+
+from dicomnode.config import Destination, Settings
+from dicomnode.logconfig import configure_logging
+from dicomnode.node import Node
+from dicomnode.store.models import Analysis, Study
+from dicomnode.store.queries import as_utc
+from dicomnode.testing.pacs import Receiver
+from dicomnode.testing.phantoms import PhantomStudy, write_phantom_studies
+from training.demo import ensure_demo_model
+from worker.runners import make_runner
+
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+def send_study(paths: list[Path], port: int) -> float:
+    """Send a study over one association and release it; time.time() of the last response."""
+    ae = AE(ae_title="MODALITY")
+    ae.maximum_pdu_size = 0
+    for cls, ts in sorted(
+        {(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in map(read_file_meta_info, paths)}
+    ):
+        ae.add_requested_context(cls, [ts])
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
+    if not assoc.is_established:
+        raise ConnectionError(f"could not associate with the node on port {port}")
+    last = 0.0
+    try:
+        for p in paths:
+            rsp = assoc.send_c_store(p)
+            last = time.time()
+            if rsp is None or int(rsp.Status) != 0:
+                raise RuntimeError(f"C-STORE of {p.name} failed: {rsp}")
+    finally:
+        assoc.release()
+    return last
+
+
+@dataclass
+class Run:
+    """One node's studies: the seconds from last response to SR, and the node's SQL timestamps."""
+
+    label: str
+    seconds: list[float]
+    phases: dict[str, list[float]]
+
+
+def _epoch(value: datetime | None) -> float | None:
+    v = as_utc(value)
+    return None if v is None else v.timestamp()
+
+
+def _phases(node: Node, sent: dict[str, float], sr_at: dict[str, float]) -> dict[str, list[float]]:
+    """Per study: response -> handed to the runner -> analysis started -> preprocessed ->
+    inferred -> results built -> SR stored at the PACS, from the node's own SQL stamps."""
+    assert node.store is not None
+    out: dict[str, list[float]] = {}
+    with node.store.session() as s:
+        rows = s.execute(
+            select(Study.study_uid, Analysis).join(Analysis, Analysis.study_id == Study.id)
+        ).all()
+    for uid, a in rows:
+        if uid not in sent or uid not in sr_at:
+            continue
+        marks = [
+            ("response -> complete, queued", sent[uid]),
+            ("queued -> analysis started", _epoch(a.queued_at)),
+            ("started -> preprocessed", _epoch(a.started_at)),
+            ("preprocessed -> inferred", _epoch(a.preprocessed_at)),
+            ("inferred -> SR and SC built", _epoch(a.inferred_at)),
+            ("built -> SR stored at the PACS", _epoch(a.results_built_at)),
+            ("", sr_at[uid]),
+        ]
+        for (name, t0), (_, t1) in zip(marks, marks[1:], strict=False):
+            if t0 is not None and t1 is not None:
+                out.setdefault(name, []).append(t1 - t0)
+    return out
+
+
+def run_node(
+    label: str, root: Path, model: Path, studies: list[PhantomStudy], gap: float, **overrides: object
+) -> Run:
+    """A fresh node (default settings but ``overrides``), a warm-up study, then ``studies[1:]``
+    ``gap`` seconds apart (0: back to back)."""
+    with Receiver(root / "pacs", ae_title="BENCHPACS") as pacs:
+        settings = Settings(
+            host="127.0.0.1",
+            port=0,
+            storage_dir=root / "node",
+            model=model,
+            destinations=(Destination("BENCHPACS", "127.0.0.1", pacs.port),),
+        ).with_overrides(**overrides)
+        node = Node(settings, make_runner).start()
+        try:
+            warm, rest = studies[0], studies[1:]
+            send_study(warm.paths, node.port)
+            pacs.wait_for(2, timeout=settings.quiet_seconds + 120)  # SR and SC
+            sent: dict[str, float] = {}
+            for s in rest:
+                sent[s.study_uid] = send_study(s.paths, node.port)
+                if gap:
+                    time.sleep(gap)
+            got = pacs.wait_for(2 * len(studies), timeout=settings.quiet_seconds + 60 + 5 * len(rest))
+            sr_at = {r.study_uid: r.at for r in got if r.sop_class_uid.startswith(SR_PREFIX)}
+            phases = _phases(node, sent, sr_at)
+        finally:
+            node.stop()
+    missing = [u for u in sent if u not in sr_at]
+    if missing:
+        print(f"{label}: {len(missing)} of {len(sent)} studies without an SR at the PACS")
+    return Run(label, sorted(sr_at[u] - sent[u] for u in sent if u in sr_at), phases)
+
+
+def pct(xs: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted ``xs`` (nearest rank)."""
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--studies", type=int, default=20, help="studies per mode (plus one warm-up)")
+    ap.add_argument("--gap", type=float, default=1.5, help="seconds between studies")
+    ap.add_argument("--size", type=int, default=2048, help="phantom rows and columns")
+    ap.add_argument("--burst", type=int, default=0, help="also push this many studies back to back")
+    ap.add_argument("--model", type=Path, default=Path("dicomnode-data/models/pneumonia-demo.onnx"))
+    args = ap.parse_args()
+    configure_logging("warning")
+    model = ensure_demo_model(args.model)
+    defaults = Settings()
+
+    with tempfile.TemporaryDirectory(prefix="dicomnode-notify-") as tmp:
+        root = Path(tmp)
+        studies = write_phantom_studies(root / "in", args.studies + 1, seed=16, size=args.size)
+        mb = studies[0].paths[0].stat().st_size / 1e6
+        runs = [
+            run_node("completion on release", root / "release", model, studies, args.gap),
+            run_node(
+                "quiet period only (reference)",
+                root / "quiet",
+                model,
+                studies,
+                args.gap,
+                release_grace_seconds=0.0,
+            ),
+        ]
+        burst: Run | None = None
+        if args.burst:
+            many = write_phantom_studies(root / "burst-in", args.burst + 1, seed=17, size=args.size)
+            burst = run_node(f"burst of {args.burst}", root / "burst", model, many, 0.0)
+
+    print(
+        f"\ntime to notification: last C-STORE response at the sender -> SR stored at the PACS\n"
+        f"{args.studies} studies per mode, one DX image each ({args.size} x {args.size}, {mb:.1f} MB), one "
+        f"association each, {args.gap} s apart; node defaults: quiet {defaults.quiet_seconds:g} s, release grace "
+        f"{defaults.release_grace_seconds:g} s, in-process analysis, SQLite, fsync"
+    )
+    print(f"{'mode':<34} {'studies':>7} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
+    print("-" * 66)
+    for r in runs:
+        if r.seconds:
+            print(
+                f"{r.label:<34} {len(r.seconds):>7d} {pct(r.seconds, 0.5):>7.2f} {pct(r.seconds, 0.95):>7.2f} {max(r.seconds):>7.2f}"
+            )
+    fast, ref = runs
+    if fast.seconds and ref.seconds:
+        print(
+            f"{'reference / completion on release':<34} {'':>7} {pct(ref.seconds, 0.5) / pct(fast.seconds, 0.5):>6.1f}x "
+            f"{pct(ref.seconds, 0.95) / pct(fast.seconds, 0.95):>6.1f}x"
+        )
+    print("goal (issue 16): p50 <= 1.0 s, p95 <= 1.5 s with completion on release\n")
+    print(
+        f"where the time goes, completion on release (from the node's SQL stamps), {len(fast.seconds)} studies"
+    )
+    print(f"{'phase':<34} {'p50 s':>7} {'p95 s':>7}")
+    print("-" * 50)
+    for name, xs in fast.phases.items():
+        xs = sorted(xs)
+        print(f"{name:<34} {pct(xs, 0.5):>7.3f} {pct(xs, 0.95):>7.3f}")
+    if burst is not None and burst.seconds:
+        limit = defaults.quiet_seconds + 3
+        print(f"\n{burst.label} studies back to back, one analysis thread, node defaults")
+        print(f"{'p50 s':>7} {'p95 s':>7} {'max s':>7} {'mean s':>7}  limit p95 <= quiet + 3 s = {limit:g} s")
+        s = burst.seconds
+        print(
+            f"{pct(s, 0.5):>7.2f} {pct(s, 0.95):>7.2f} {max(s):>7.2f} {statistics.mean(s):>7.2f}  {'met' if pct(s, 0.95) <= limit else 'NOT met'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
