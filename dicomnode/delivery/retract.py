@@ -38,6 +38,8 @@ from sqlalchemy import select
 from dicomnode.config import Destination, Settings, parse_destinations
 from dicomnode.delivery.rounds import result_file
 from dicomnode.delivery.sender import send_once
+from dicomnode.delivery.stow import StowAuth
+from dicomnode.delivery.stow import send_once as stow_send_once
 from dicomnode.results.uids import derived_uid, series_description
 from dicomnode.storage import write_atomic
 from dicomnode.store.db import Store
@@ -178,7 +180,11 @@ def retract_version(
                     _record(store, Retraction(study_uid, model_version, text, None, (), False, None, why))
                 )
                 continue
-            attempt = send_once([note], dest, calling_ae=settings.ae_title)[0]
+            if dest.is_stow:  # the configured entry: its ca=/cert= options and our credentials
+                dest = next((d for d in settings.destinations if str(d) == text), dest)
+                attempt = stow_send_once([note], dest, auth=StowAuth.from_settings(settings))[0]
+            else:
+                attempt = send_once([note], dest, calling_ae=settings.ae_title)[0]
             out.append(
                 _record(
                     store,

@@ -17,6 +17,19 @@ and every Celery worker process, wherever they run:
 - ``dicomnode_destination_down{destination=...}``: 1 while a destination's latest attempt, among
   studies with a delivery pending, failed without an association (the node C-ECHOes it and
   re-sends when it answers: :mod:`dicomnode.receive.reconcile`), else 0
+- ``dicomnode_deliveries_total``: result objects a destination accepted (successful C-STOREs)
+- ``dicomnode_stranded_studies``: studies the reconciler should have handed on again: complete or
+  analysing, or with a delivery round due, for longer than ``DICOMNODE_RECONCILE_AFTER_SECONDS``
+- ``dicomnode_urgent_notifications{state=...}``: urgent-finding POSTs pending, delivered, failed
+  (:mod:`dicomnode.delivery.hook`)
+- ``dicomnode_drift_psi{model_version=...}`` and ``dicomnode_drift_analyses``: PSI of the
+  configured model's scores of the last :data:`DRIFT_WINDOW_SECONDS` against its card's validation
+  histogram (:mod:`dicomnode.ops.drift`), recomputed at most every :data:`DRIFT_REFRESH_SECONDS`
+- ``dicomnode_disk_free_bytes`` and ``dicomnode_disk_min_free_bytes``: free space on the storage
+  disk, and ``DICOMNODE_MIN_FREE_BYTES`` below which the SCP refuses new instances
+
+The rules in docker/prometheus/alerts.yml and the Grafana dashboard in docker/grafana use these
+names only (a test scrapes a running node for each).
 
 Scrape cost stays bounded on a big database: counters are kept incrementally by primary key
 (:class:`IdCount` reads only rows added since the last scrape), the large terminal state
@@ -29,6 +42,7 @@ analysis that finishes (a restart resets them, which ``rate()`` handles).
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import deque
@@ -46,7 +60,16 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from dicomnode.config import Settings
 from dicomnode.store.db import Store
-from dicomnode.store.models import Analysis, DeliveryAttempt, Instance, Study, StudyState, utcnow
+from dicomnode.store.models import (
+    Analysis,
+    DeliveryAttempt,
+    Instance,
+    Notification,
+    NotificationState,
+    Study,
+    StudyState,
+    utcnow,
+)
 from dicomnode.store.queries import as_utc, destinations_down
 
 log = structlog.get_logger("dicomnode.metrics")
@@ -59,6 +82,10 @@ NOTIFICATION_BUCKETS = (1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0
 _BULK_STATE = StudyState.DELIVERED
 #: a row id is trusted not to be overtaken by a slower, lower-id transaction after this long
 SETTLE_SECONDS = 60.0
+#: seconds of scores the drift gauge compares with the validation baseline (one day)
+DRIFT_WINDOW_SECONDS = 86400.0
+#: the drift gauge is recomputed at most this often (it reads a day of analyses)
+DRIFT_REFRESH_SECONDS = 300.0
 
 
 class IdCount:
@@ -164,6 +191,13 @@ class SqlCollector(Collector):
         self._delivery_failures = IdCount(
             DeliveryAttempt.id, DeliveryAttempt.success.is_(False), settle_seconds=settle_seconds
         )
+        self._deliveries = IdCount(
+            DeliveryAttempt.id, DeliveryAttempt.success.is_(True), settle_seconds=settle_seconds
+        )
+        self._notifications = IdCount(Notification.id, settle_seconds=settle_seconds)
+        self._drift: list[tuple[str, float | None, int]] = []  # (model version, PSI, analyses)
+        self._drift_at: float | None = None  # monotonic time of the last drift computation
+        self._baseline: tuple[tuple[str, float], Any] | None = None  # ((path, mtime), (version, baseline))
         self.inference = CumulativeHistogram(INFERENCE_BUCKETS)
         self.notification = CumulativeHistogram(NOTIFICATION_BUCKETS)
         self._since: datetime | None = None  # analyses finished from here on are not yet all seen
@@ -221,6 +255,93 @@ class SqlCollector(Collector):
         self._observed = {k: v for k, v in self._observed.items() if v >= self._since}
         self._delivered = {k: v for k, v in self._delivered.items() if v >= self._since}
 
+    def _stranded(self, s: Session, now: datetime) -> int:
+        """Studies the reconciler should have moved on (index ranges: the few in complete and
+        analysing, and the delivery rounds due, by ``delivery_due_at``)."""
+        stale = now - timedelta(seconds=self.settings.reconcile_after_seconds)
+        since = func.coalesce(Study.claimed_at, Study.updated_at)
+        handed_on = s.scalar(
+            select(func.count()).where(
+                Study.state.in_([StudyState.COMPLETE.value, StudyState.ANALYSING.value]), since < stale
+            )
+        )
+        # an analysis runs for up to the task time limit before the reconciler takes it back
+        due = s.scalar(
+            select(func.count()).where(
+                Study.state == StudyState.ANALYSED.value, Study.delivery_due_at < stale
+            )
+        )
+        return int(handed_on or 0) + int(due or 0)
+
+    def _notification_counts(self, s: Session) -> dict[str, int]:
+        """Urgent-finding notifications per state; delivered, the bulk, is derived."""
+        rows = s.execute(
+            select(Notification.state, func.count())
+            .where(Notification.state.in_([NotificationState.PENDING.value, NotificationState.FAILED.value]))
+            .group_by(Notification.state)
+        ).all()
+        counts = {x.value: 0 for x in NotificationState}
+        counts.update({state: int(n) for state, n in rows})
+        others = counts[NotificationState.PENDING.value] + counts[NotificationState.FAILED.value]
+        counts[NotificationState.DELIVERED.value] = max(0, self._notifications.value(s) - others)
+        return counts
+
+    def _model_baseline(self) -> tuple[str, Any] | None:
+        """(model version, validation baseline) of the configured model file, read once per file
+        version; None without a file or a baseline in its card."""
+        from dicomnode.ops.drift import baseline_from_card
+
+        path = self.settings.model_path
+        try:
+            key = (str(path), path.stat().st_mtime)
+        except OSError:
+            return None
+        if self._baseline is None or self._baseline[0] != key:
+            from dicomnode.model.session import read_card
+
+            try:
+                card = read_card(path)
+                base = baseline_from_card(card)
+            except (OSError, ValueError) as exc:
+                log.warning(
+                    "metrics.no_baseline", model=str(path), error=f"{type(exc).__name__}: {exc}"[:300]
+                )
+                base = None
+            self._baseline = (key, None if base is None else (card.version, base))
+        return self._baseline[1]  # type: ignore[no-any-return]
+
+    def _drift_rows(self, now: float) -> list[tuple[str, float | None, int]]:
+        """PSI of the configured model's scores over the last day, recomputed every few minutes."""
+        if self._drift_at is not None and now - self._drift_at < DRIFT_REFRESH_SECONDS:
+            return self._drift
+        from dicomnode.ops.drift import drift
+
+        self._drift_at = now
+        model = self._model_baseline()
+        if model is None:
+            self._drift = []
+            return self._drift
+        version, base = model
+        since = utcnow() - timedelta(seconds=DRIFT_WINDOW_SECONDS)
+        rows, _, _ = drift(self.store, {version: base}, since=since, model_version=version)
+        self._drift = [(r.model_version, r.psi, r.analyses) for r in rows]
+        return self._drift
+
+    def _disk(self) -> Iterator[Metric]:
+        """Free bytes on the storage disk and the floor the SCP keeps (no SQL)."""
+        try:
+            free = shutil.disk_usage(self.settings.storage_dir).free
+        except OSError:  # the folder is not there (yet): no sample rather than a wrong one
+            return
+        yield GaugeMetricFamily(
+            "dicomnode_disk_free_bytes", "Free bytes on the disk of DICOMNODE_STORAGE_DIR", value=free
+        )
+        yield GaugeMetricFamily(
+            "dicomnode_disk_min_free_bytes",
+            "DICOMNODE_MIN_FREE_BYTES: below this free space the SCP refuses new instances (0: off)",
+            value=self.settings.min_free_bytes,
+        )
+
     # -- Redis ----------------------------------------------------------------------------------
 
     def _queue_depth(self, studies: dict[str, int] | None) -> int | None:
@@ -259,6 +380,9 @@ class SqlCollector(Collector):
                 instances = self._instances.value(s)
                 studies = self._state_counts(s)
                 failures = self._delivery_failures.value(s)
+                deliveries = self._deliveries.value(s)
+                stranded = self._stranded(s, utcnow())
+                notifications = self._notification_counts(s)
                 self._observe_finished(s)
             down = destinations_down(self.store)
         except Exception as exc:  # the database is down: say so, keep serving the other metrics
@@ -288,6 +412,24 @@ class SqlCollector(Collector):
             for name in sorted({str(x) for x in self.settings.destinations} | set(down)):
                 d.add_metric([name], 1 if name in down else 0)
             yield d
+            yield CounterMetricFamily(
+                "dicomnode_deliveries",
+                "Result objects a destination accepted (successful C-STORE attempts)",
+                value=deliveries,
+            )
+            yield GaugeMetricFamily(
+                "dicomnode_stranded_studies",
+                "Studies complete, analysing or with a delivery due for longer than DICOMNODE_RECONCILE_AFTER_SECONDS",
+                value=stranded,
+            )
+            u = GaugeMetricFamily(
+                "dicomnode_urgent_notifications",
+                "Urgent-finding HTTP notifications in each state",
+                labels=["state"],
+            )
+            for state, n in notifications.items():
+                u.add_metric([state], n)
+            yield u
             yield self.inference.family(
                 "dicomnode_inference_seconds", "ONNX inference time per study (preprocessed -> inferred)"
             )
@@ -295,6 +437,26 @@ class SqlCollector(Collector):
                 "dicomnode_time_to_notification_seconds",
                 "Last instance received -> results accepted by every destination",
             )
+        psi = GaugeMetricFamily(
+            "dicomnode_drift_psi",
+            "PSI of the configured model's scores of the last day against its validation histogram",
+            labels=["model_version"],
+        )
+        scored = GaugeMetricFamily(
+            "dicomnode_drift_analyses",
+            "Scored analyses the drift PSI was computed from",
+            labels=["model_version"],
+        )
+        try:
+            for version, value, n in self._drift_rows(time.monotonic()):
+                scored.add_metric([version], n)
+                if value is not None:
+                    psi.add_metric([version], value)
+        except Exception as exc:  # the database down, or a model file being replaced
+            log.warning("metrics.drift_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        yield psi
+        yield scored
+        yield from self._disk()
         try:
             depth = self._queue_depth(studies)
         except Exception as exc:  # Redis down: the gauge goes missing, source_up says why
@@ -370,6 +532,8 @@ def start_metrics_server(settings: Settings, store: Store, *, port: int | None =
 __all__ = [
     "INFERENCE_BUCKETS",
     "NOTIFICATION_BUCKETS",
+    "DRIFT_REFRESH_SECONDS",
+    "DRIFT_WINDOW_SECONDS",
     "CumulativeHistogram",
     "IdCount",
     "MetricsServer",

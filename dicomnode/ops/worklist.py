@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sqlalchemy import ColumnElement
+
 from dicomnode.ops.tables import render_csv
 from dicomnode.results import Priority, RankedEntry, WorklistEntry, read_sr
 from dicomnode.store.db import Store
@@ -22,8 +24,17 @@ from dicomnode.store.queries import studies_with_latest_analysis
 _OPEN_STATES = [s.value for s in StudyState if s is not StudyState.RECEIVING]
 
 
-def entries_from_store(store: Store) -> list[WorklistEntry]:
-    """One entry per complete study; priority from its latest scored analysis (ROUTINE when none)."""
+def entries_from_store(
+    store: Store, *, since: datetime | None = None, limit: int | None = None
+) -> list[WorklistEntry]:
+    """One entry per complete study; priority from its latest scored analysis (ROUTINE when none).
+
+    ``since``: only studies first received from then on; ``limit``: at most that many, the most
+    recently received (the web page bounds its list with both)."""
+    where: list[ColumnElement[bool]] = [Study.state.in_(_OPEN_STATES)]
+    if since is not None:
+        where.append(Study.first_received_at >= since)
+    newest_first = [Study.first_received_at.desc(), Study.id.desc()] if limit is not None else []
     return [
         WorklistEntry(
             study_uid=r.study_uid,
@@ -32,7 +43,7 @@ def entries_from_store(store: Store) -> list[WorklistEntry]:
             arrived_at=r.first_received_at,
             accession=r.accession_number or "",
         )
-        for r in studies_with_latest_analysis(store, Study.state.in_(_OPEN_STATES), scored=True)
+        for r in studies_with_latest_analysis(store, *where, order_by=newest_first, limit=limit, scored=True)
     ]
 
 

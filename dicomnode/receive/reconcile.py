@@ -12,7 +12,9 @@ UPDATE), so two passes, or two nodes on one database, never both dispatch a stud
 It also watches the destinations: one whose latest attempt failed without an association is
 *down* (a ``destination.down`` event, the ``dicomnode_destination_down`` metric); it is sent a
 C-ECHO on every pass, and when it answers, the deliveries waiting for it run at once instead of
-after their backoff (``destination.up``).
+after their backoff (``destination.up``). Last, it has the urgent-finding notifications that are
+due again sent (``notify``: :func:`dicomnode.delivery.hook.send_due` through the task runner), so
+their retries go on after a restart too.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Reconciler:
         deliver_now: Callable[[str, int], None] | None = None,
         echo: Callable[[str], bool] | None = None,
         backlog: Callable[[], int | None] | None = None,
+        notify: Callable[[], object] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
@@ -82,6 +85,7 @@ class Reconciler:
         self._deliver_now = deliver_now
         self._echo = echo
         self._backlog = backlog
+        self._notify = notify
         self._clock = clock
         self._down: dict[str, str] = {}
         self._stop = threading.Event()
@@ -147,6 +151,9 @@ class Reconciler:
             for uid in uids:
                 log.info(f"reconcile.{kind}", study_uid=uid)
                 add_event(self.store, f"study.{kind}", uid, by="reconciler")
+        # last: a hook that hangs delays nothing above (urgent-finding POSTs due, a restart's too)
+        if self._notify is not None and s.urgent_hook_urls:
+            self._notify()
         return report
 
     def _overdue_deliveries(self, due_before: datetime, report: ReconcileReport) -> None:

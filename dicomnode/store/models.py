@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -172,6 +173,40 @@ class Commitment(Base):
     failed_reason: Mapped[str | None] = mapped_column(Text)
 
 
+class NotificationState(str, enum.Enum):
+    """Where an urgent-finding notification (:mod:`dicomnode.delivery.hook`) is."""
+
+    PENDING = "pending"  # not yet accepted; next attempt at ``next_attempt_at``
+    DELIVERED = "delivered"  # the URL answered 2xx
+    FAILED = "failed"  # the retry window passed without a 2xx (``last_error`` says why)
+
+
+class Notification(Base):
+    """One urgent-finding HTTP POST of one analysis to one URL (revision 0007); each attempt is
+    also an event (``notification.attempt``)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("analysis_id", "url", name="uq_notifications_analysis_id_url"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    url: Mapped[str] = mapped_column(Text)
+    #: the JSON body, fixed when the notification is created so every retry sends the same
+    payload: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=NotificationState.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: when the next attempt is due (None once delivered or failed); also the lease of an attempt
+    next_attempt_at: Mapped[datetime | None]
+    first_attempt_at: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    #: the latest failed attempt: ``HTTP 500`` or the exception type and text (no payload)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 class Event(Base):
     """Append-only audit log: one row per thing that happened, never updated."""
 
@@ -212,3 +247,4 @@ Index("ix_analyses_delivered_at", Analysis.delivered_at)  # revision 0004: /metr
 Index("ix_analyses_model_version_finished_at", Analysis.model_version, Analysis.finished_at)
 Index("ix_delivery_attempts_success_attempted_at", DeliveryAttempt.success, DeliveryAttempt.attempted_at)
 Index("ix_events_kind_at", Event.kind, Event.at)
+Index("ix_notifications_state_next_attempt_at", Notification.state, Notification.next_attempt_at)  # 0007

@@ -15,6 +15,9 @@ from typing import Any
 
 from tests.support import LoggedProcess, free_port
 
+#: Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb): QIDO-RS, STOW-RS, WADO-RS under /dicom-web/
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
 
 class Orthanc:
     """One Orthanc process with its storage and index under ``workdir``."""
@@ -27,8 +30,12 @@ class Orthanc:
         dicom_port: int,
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
+        plugins: tuple[Path, ...] = (),
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.binary = binary
+        self.plugins = plugins  # shared libraries, e.g. DICOMWEB_PLUGIN
+        self.extra = extra or {}  # more top-level configuration sections, e.g. {"DicomWeb": {...}}
         self.workdir = workdir
         self.dicom_port = dicom_port
         self.http_port = free_port()
@@ -52,8 +59,9 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True,
             "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
-            "Plugins": [],
+            "Plugins": [str(p) for p in self.plugins],
             "LuaScripts": [],
+            **self.extra,
         }
 
     def start(self, timeout: float = 30) -> Orthanc:
