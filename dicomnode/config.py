@@ -228,6 +228,11 @@ class Settings:
     #: analysis (a deflate bomb is ~1 KiB per MiB). Default 512 MiB, room for any radiograph; 0: no limit.
     max_inflated_bytes: int = 512 << 20
     fsync: bool = True  # fsync files and folders before Success; false only for disposable nodes
+    #: Share fsyncs between associations storing at once: one flush covers every file written
+    #: before it, each sender answered once its file is covered. Off by default: on ext4 the
+    #: journal already merges concurrent fsyncs and this measured slower (docs/sizing.md, group
+    #: commit); try it on filesystems where a flush is costly for every caller (e.g. NFS). E.g. true.
+    group_commit: bool = False
     shutdown_grace_seconds: float = 30.0  # SIGTERM: how long open associations may finish
     #: Retention (dicomnode.ops.purge): days after delivery a study's received instances are
     #: deleted, and days after they were built its result files are; 0 (the default): kept for

@@ -32,7 +32,7 @@ from dicomnode.receive.handler import ReceivedInstance, StoreHandler
 from dicomnode.receive.reconcile import Reconciler
 from dicomnode.receive.rescan import RescanReport, rescan
 from dicomnode.receive.tracker import StudyTracker
-from dicomnode.storage import DIR_MODE, sweep_incoming, sweep_partial_writes
+from dicomnode.storage import DIR_MODE, GroupCommit, sweep_incoming, sweep_partial_writes
 from dicomnode.store.commitments import record_report
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
@@ -150,13 +150,14 @@ class Node:
             backlog=getattr(self.runner, "backlog", None),
             notify=getattr(self.runner, "notify_due", None),
         ).start()
-        handler = self._handler = StoreHandler(
+        self._handler = StoreHandler(
             self.store,
             instances_dir,
             self._on_stored,
             duplicate_policy=s.duplicate_policy,
             fsync=s.fsync,
             max_inflated_bytes=s.max_inflated_bytes,
+            group_commit=GroupCommit() if s.group_commit else None,
         ).start()
         self._server = Listener(
             ListenerConfig(
@@ -180,7 +181,7 @@ class Node:
             on_commitment=self._on_commitment,
             on_association_end=self._on_association_end,
         )
-        self._start_dicomweb(handler)
+        self._start_dicomweb()
         self._server.start(s.host, s.port)
         listener = self._server
         self.fingerprinter = Fingerprinter(self.store, last_activity=lambda: listener.last_store).start()
@@ -209,9 +210,9 @@ class Node:
         self._rescan_thread.start()
         return self
 
-    def _start_dicomweb(self, handler: StoreHandler) -> None:
+    def _start_dicomweb(self) -> None:
         """The STOW-RS service, when DICOMNODE_DICOMWEB_PORT is set: its instances take the
-        C-STORE path (``handler``) into the same storage, SQL rows and study tracker."""
+        C-STORE path (:meth:`_on_store`) into the same storage, SQL rows and study tracker."""
         s = self.settings
         if not s.dicomweb_port:
             return
@@ -227,7 +228,8 @@ class Node:
                 early_writeback=s.fsync,
                 chunk_timeout=s.network_timeout_seconds,
             ),
-            handler,
+            self._on_store,
+            self._on_association_end,
         )
         self.dicomweb = StowServer(
             app,

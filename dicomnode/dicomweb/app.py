@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -30,6 +31,7 @@ from starlette.routing import Route
 from dicomnode.dicomweb.parts import BodyError, StowBody
 from dicomnode.dicomweb.response import MEDIA_TYPE, stow_response
 from dicomnode.net import StoreCallback
+from dicomnode.net.association import AssociationEndCallback, next_serial
 
 log = structlog.get_logger("dicomnode.dicomweb")
 
@@ -63,10 +65,24 @@ def _authorised(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
-def create_app(config: StowConfig, store: StoreCallback) -> Starlette:
-    """The Starlette app of the STOW-RS service; ``store`` is the node's C-STORE callback."""
+def create_app(
+    config: StowConfig, store: StoreCallback, on_end: AssociationEndCallback | None = None
+) -> Starlette:
+    """The Starlette app of the STOW-RS service; ``store`` is the node's C-STORE callback.
+
+    Each request is one sender, as an association is: its instances carry a number of their own
+    and ``on_end`` hears, after the response has gone, whether the request ended normally (its
+    closing boundary read, an answer sent), so the study it alone sent completes after the release
+    grace instead of the quiet period."""
 
     async def studies(request: Request) -> Response:
+        serial = next_serial()
+        response = await _studies(request, serial)
+        if on_end is not None:
+            response.background = BackgroundTask(on_end, serial, getattr(request.state, "stow_ended", False))
+        return response
+
+    async def _studies(request: Request, serial: int) -> Response:
         study_uid = request.path_params.get("study")
         bound = log.bind(client=request.client.host if request.client else "", study_uid=study_uid)
         if not _authorised(request, config.token):
@@ -100,6 +116,7 @@ def create_app(config: StowConfig, store: StoreCallback) -> Starlette:
             min_free_bytes=config.min_free_bytes,
             early_writeback=config.early_writeback,
             study_uid=study_uid,
+            association=serial,
         )
         received = 0
         chunks = request.stream().__aiter__()
@@ -148,6 +165,7 @@ def create_app(config: StowConfig, store: StoreCallback) -> Starlette:
                     failure_reason=outcome.status,
                     reason=outcome.reason,
                 )
+        request.state.stow_ended = body.complete
         bound.info(
             "stow.done", parts=len(body.outcomes), stored=_stored(body), bytes=received, http_status=code
         )

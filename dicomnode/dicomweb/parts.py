@@ -82,8 +82,10 @@ class StowBody:
         min_free_bytes: int = 0,
         early_writeback: bool = True,
         study_uid: str | None = None,
+        association: int = 0,
     ) -> None:
         self.incoming_dir = incoming_dir
+        self.association = association
         self.store = store
         self.calling_ae = calling_ae
         self.max_part_bytes = max_part_bytes
@@ -276,6 +278,7 @@ class StowBody:
                     transfer_syntax_uid=ts,
                     path=incoming.path,
                     head=bytes(incoming.head),
+                    association=self.association,
                 )
             )
         finally:

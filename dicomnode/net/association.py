@@ -155,6 +155,12 @@ AssociationEndCallback = Callable[[int, bool], None]
 _SERIALS = itertools.count(1)
 
 
+def next_serial() -> int:
+    """A number no association or other sender (a STOW-RS request) of this process has had: the
+    node's study tracker tells senders apart by it (:attr:`StoreRequest.association`)."""
+    return next(_SERIALS)
+
+
 @dataclass
 class _Message:
     """A DIMSE request being received: its command set, then (for C-STORE) its data set."""
@@ -183,7 +189,7 @@ class Association(threading.Thread):
         self.calling_ae = ""
         self.is_established = False
         #: this association's number, as its C-STOREs carry it (:attr:`StoreRequest.association`)
-        self.serial = next(_SERIALS)
+        self.serial = next_serial()
         #: the peer ended the association with an A-RELEASE-RQ (the only normal end)
         self.released = False
         #: closed by the listener while still negotiating, to make room (its pending cap)

@@ -3,7 +3,7 @@ their flushes, every instance answered Success is on disk with the bytes sent, a
 answers 0xA700 to every instance it covered and keeps none of them.
 
 The node's C-STORE handler and listener, on SQLite, given a group commit (``dicomnode serve``
-leaves it out: on ext4 the journal already merges the fsyncs of concurrent associations,
+leaves it off unless DICOMNODE_GROUP_COMMIT is set: on ext4 the journal already merges the fsyncs of concurrent associations,
 docs/sizing.md) over a disk that takes 20 ms per flush (real fsyncs plus a sleep, as on a busy or
 networked disk), so the four senders certainly overlap in their waits.
 """

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import requests
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association as ScuAssociation
@@ -22,7 +23,7 @@ from dicomnode.store.models import StudyState
 from dicomnode.store.queries import latest_analysis, study_state
 from dicomnode.testing.pacs import Receiver
 from dicomnode.testing.phantoms import PhantomStudy, write_phantom_studies
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 from tests.tiny_model import write_tiny_model
 
 QUIET = 30.0  # far longer than any wait below: only a release completes a study in time
@@ -158,3 +159,50 @@ def test_late_instance_after_completion_on_release_is_a_revised_result(
     (pred_series,) = pred_study.ReferencedSeriesSequence
     (pred,) = pred_series.ReferencedSOPSequence
     assert pred.ReferencedSOPInstanceUID == first.sr_sop_instance_uid
+
+
+def test_study_posted_over_stow_rs_completes_when_its_request_ends(
+    tmp_path: Path, pacs: Receiver, node_factory: Callable[[Settings], Node]
+) -> None:
+    """A STOW-RS request is one sender, as an association is: the study it alone sent completes
+    after the release grace, not the quiet period."""
+    settings = _settings(tmp_path, pacs).with_overrides(dicomweb_port=free_port())
+    node = node_factory(settings)
+    (study,) = _studies(tmp_path, 1)
+    boundary = "dicomnode-test-boundary"
+    body = (
+        b"".join(
+            b"--"
+            + boundary.encode()
+            + b"\r\nContent-Type: application/dicom\r\n\r\n"
+            + p.read_bytes()
+            + b"\r\n"
+            for p in study.paths
+        )
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
+    rsp = requests.post(
+        f"http://127.0.0.1:{settings.dicomweb_port}/studies",
+        data=body,
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        timeout=30,
+    )
+    assert rsp.status_code == 200, rsp.text
+    wait_until(_delivered(node, study.study_uid), WAIT, "the STOW-RS study delivered before its quiet period")
+
+
+def test_node_with_group_commit_stores_through_shared_flushes(
+    tmp_path: Path, pacs: Receiver, node_factory: Callable[[Settings], Node]
+) -> None:
+    """DICOMNODE_GROUP_COMMIT=true: the node's handler flushes through a group commit (the sharing
+    itself is tests/integration/test_receive_group_commit.py's), and the study goes on as usual."""
+    node = node_factory(_settings(tmp_path, pacs).with_overrides(group_commit=True))
+    (study,) = _studies(tmp_path, 1)
+    assert [r.status for r in push_files(study.paths, "127.0.0.1", node.port)] == [0]
+    wait_until(_delivered(node, study.study_uid), WAIT, "the study delivered")
+    handler = node._handler
+    assert handler is not None and handler.group_commit is not None
+    assert handler.group_commit.writes >= len(study.paths)  # a wait for the data, one for the folder
+    assert handler.group_commit.flushes >= 1
