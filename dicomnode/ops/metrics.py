@@ -76,8 +76,9 @@ log = structlog.get_logger("dicomnode.metrics")
 
 #: seconds; from inference on a GPU (milliseconds) to a slow CPU (seconds): docs/sizing.md
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-#: seconds; includes the quiet period (DICOMNODE_QUIET_SECONDS, 5 s by default) and queueing
-NOTIFICATION_BUCKETS = (1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+#: seconds; includes the release grace (0.2 s) or, for studies sent over several associations, the
+#: quiet period (DICOMNODE_QUIET_SECONDS, 5 s), and queueing
+NOTIFICATION_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 #: the state that holds nearly every study of a healthy node: counted as all studies minus the rest
 _BULK_STATE = StudyState.DELIVERED
 #: a row id is trusted not to be overtaken by a slower, lower-id transaction after this long

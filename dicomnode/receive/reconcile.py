@@ -184,8 +184,10 @@ class Reconciler:
         for name in list(down):
             if self._stop.is_set() or not self._echo(name):
                 continue
-            log.info("destination.up", destination=name, by="c-echo")
-            add_event(self.store, "destination.up", destination=name, by="c-echo")
+            # a STOW-RS destination answers a QIDO-RS query instead of a C-ECHO
+            by = "qido-rs" if name.startswith("stow+") else "c-echo"
+            log.info("destination.up", destination=name, by=by)
+            add_event(self.store, "destination.up", destination=name, by=by)
             report.back.append(name)
             del self._down[name]
             _, waiting = pending_delivery_attempts(self.store)
