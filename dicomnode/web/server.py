@@ -1,40 +1,23 @@
-"""The web page served by uvicorn on a thread of its own (``dicomnode serve``, ``dicomnode web``).
-
-The listening socket is bound here, before uvicorn starts, so a port in use is an ``OSError`` in
-the caller (``dicomnode serve`` turns it into one line naming ``DICOMNODE_WEB_PORT``) and port 0
-gets a free port whose number :attr:`WebServer.port` tells.
+"""The web page served on a thread of its own (``dicomnode serve``, ``dicomnode web``) by
+:class:`~dicomnode.net.http.HttpServer`: a port in use is an ``OSError`` in the caller
+(``dicomnode serve`` turns it into one line naming ``DICOMNODE_WEB_PORT``), and port 0 gets a free
+port whose number :attr:`WebServer.port` tells.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import structlog
 
 from dicomnode.config import Settings
+from dicomnode.net.http import HttpServer
 from dicomnode.store.db import Store
 
 log = structlog.get_logger("dicomnode.web")
 
 #: Seconds uvicorn may take to start serving on its thread.
 START_TIMEOUT = 15.0
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host``:``port`` (IPv6 when ``host`` is an IPv6 address)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
+#: Seconds open requests get to finish when the page stops.
+STOP_TIMEOUT = 5.0
 
 
 class WebServer:
@@ -43,36 +26,28 @@ class WebServer:
     def __init__(
         self, settings: Settings, store: Store, *, port: int | None = None, own_store: bool = False
     ) -> None:
-        import uvicorn
-
         from dicomnode.web.app import create_app
 
         self.store = store
         self._own_store = own_store
         self.app = create_app(settings, store)
-        self._sock = bind(settings.web_host, settings.web_port if port is None else port)
-        config = uvicorn.Config(
+        self._http = HttpServer(
             self.app,
-            log_config=None,  # our logging stays as configure_logging set it
-            access_log=False,  # request paths hold Study UIDs; the actions are events instead
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-            server_header=False,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, name="dicomnode-web", daemon=True
+            settings.web_host,
+            settings.web_port if port is None else port,
+            what="the web page",
+            thread_name="dicomnode-web",
         )
 
     @property
     def host(self) -> str:
         """The address the page is bound to."""
-        return str(self._sock.getsockname()[0])
+        return self._http.host
 
     @property
     def port(self) -> int:
         """The port the page listens on (the real one when asked for 0)."""
-        return int(self._sock.getsockname()[1])
+        return self._http.port
 
     @property
     def url(self) -> str:
@@ -82,22 +57,20 @@ class WebServer:
 
     def start(self) -> WebServer:
         """Serve on a thread; returns once uvicorn accepts requests."""
-        self._thread.start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the web page did not start on {self.url}: see the log above")
-            time.sleep(0.02)
+        try:
+            self._http.start(START_TIMEOUT)
+        except OSError:
+            self._close()
+            raise
         log.info("web.started", url=self.url, login=bool(self.app.state.web.auth.login_required))
         return self
 
     def stop(self) -> None:
         """Stop serving (open requests get a few seconds), then the resend thread."""
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(10)
-        self._sock.close()
+        self._http.stop(STOP_TIMEOUT)
+        self._close()
+
+    def _close(self) -> None:
         self.app.state.web.close()
         if self._own_store:
             self.store.dispose()
@@ -112,4 +85,4 @@ def start_web_server(
     return WebServer(settings, store, port=port, own_store=own_store).start()
 
 
-__all__ = ["WebServer", "bind", "start_web_server"]
+__all__ = ["WebServer", "start_web_server"]

@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "node": {"receive", "net", "storage", "store", "config", "dicomweb"},
     "dicomweb": {"receive", "net", "storage"},  # STOW-RS in: the C-STORE path behind HTTP
     "ops": {"store", "model", "results", "config"},
-    "web": {"ops", "store", "results", "model", "delivery", "config"},  # the page over them all
+    "web": {"ops", "store", "results", "model", "delivery", "config", "net"},  # the page over them all
     "testing": {"net", "storage", "model", "results"},
     "config": {"model"},
     "logconfig": set(),
