@@ -199,6 +199,7 @@ def _browse(browser: Any, web: WebServer, rows: dict[str, Any], failed_uid: str,
 
     # the worklist: urgent first, each band oldest first, as the analyses said
     listed = page.locator("#worklist tbody tr[data-reason]")
+    listed.first.wait_for()  # count() does not wait for the page the login redirected to
     order = [
         (
             listed.nth(i).get_attribute("data-reason"),
