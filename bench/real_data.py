@@ -41,14 +41,13 @@ from typing import Any
 import onnxruntime
 import torch
 
-from dicomnode.model import PreprocessConfig
 from dicomnode.model.card import DEFAULT_BASE_VERSION, weights_version
+from training.__main__ import train_config_from_args
 from training.assess import evaluate_model, write_evaluation
 from training.export import export_onnx
 from training.image_sets import shared_data_dir
-from training.model import ModelConfig
 from training.report import md_table, write_report
-from training.train import TrainConfig, split_data, train, weights_fingerprint
+from training.train import split_data, train, weights_fingerprint
 
 #: Kermany et al. 2018 (Cell 172:1122), Inception v3 transfer learning, on their official test split
 PUBLISHED = {"auroc": 0.968, "accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901}
@@ -155,30 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_wall = time.perf_counter()
     load_start = _load()
-    config = TrainConfig(
-        data="classes",
-        data_dir=data_dir,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        preprocess=PreprocessConfig(size=args.image_size),
-        model=ModelConfig(depth=18, width=args.width),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs,
-        clip_grad=args.clip_grad,
-        balance=args.balance,
-        patience=args.patience,
-        target_sensitivity=args.target_sensitivity,
-        augment=not args.no_augment,
-        seed=args.seed,
-        threads=args.threads,
-        device=args.device,
-        workers=args.workers,
-        max_train_seconds=args.max_train_seconds,
-        bootstrap=args.bootstrap,
-    )
+    config = train_config_from_args(args, data="classes", data_dir=data_dir)
     result = train(config)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,19 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicomnode.config import Settings
+
+if TYPE_CHECKING:
+    import pydicom
+
+    from dicomnode.store.db import Store
+    from dicomnode.store.models import Analysis
+    from worker.pipeline import Pipeline
 
 
 def stop_process(proc: subprocess.Popen[Any], grace: float = 30) -> None:
@@ -132,3 +139,64 @@ def fingerprint_of(store: Any, sop_instance_uid: str, timeout: float = 15) -> st
     row = instance_by_sop_uid(store, sop_instance_uid)
     assert row is not None and row.sha256 is not None
     return str(row.sha256)
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    """``dicomnode ARGV`` in this process: its exit status and what it printed to stdout."""
+    import io
+    from contextlib import redirect_stdout
+
+    from dicomnode.cli import main
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+def analyses_of(store: Store, study_uid: str) -> list[Analysis]:
+    """Every analysis of a study, oldest first."""
+    from sqlalchemy import select
+
+    from dicomnode.store.models import Analysis, Study
+
+    with store.session() as s:
+        return list(
+            s.scalars(select(Analysis).join(Study).where(Study.study_uid == study_uid).order_by(Analysis.id))
+        )
+
+
+def store_complete_study(p: Pipeline, *datasets: pydicom.Dataset) -> str:
+    """Store ``datasets`` as the SCP would (file in place, row in SQL), mark their study complete
+    and return its Study Instance UID: a study ready for :meth:`Pipeline.analyse_study`."""
+    import io
+
+    from dicomnode.storage import instance_path, write_atomic
+    from dicomnode.store.models import StudyState
+    from dicomnode.store.records import InstanceRecord, record_instance, set_study_state
+
+    for ds in datasets:
+        path = instance_path(
+            p.settings.instances_dir, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        )
+        encoded = io.BytesIO()
+        ds.save_as(encoded, enforce_file_format=True)
+        write_atomic(path, encoded.getvalue())
+        record_instance(
+            p.store,
+            InstanceRecord(
+                study_uid=ds.StudyInstanceUID,
+                series_uid=ds.SeriesInstanceUID,
+                sop_instance_uid=ds.SOPInstanceUID,
+                sop_class_uid=ds.SOPClassUID,
+                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+                modality=ds.Modality,
+                path=str(path),
+                size_bytes=path.stat().st_size,
+                sha256=None,
+                calling_ae="MODALITY",
+            ),
+        )
+    study_uid = str(datasets[0].StudyInstanceUID)
+    set_study_state(p.store, study_uid, StudyState.COMPLETE, "test")
+    return study_uid

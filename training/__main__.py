@@ -31,7 +31,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicomnode.model.card import DEFAULT_BASE_VERSION, weights_version
 
@@ -224,13 +224,20 @@ def table_spec_from_args(args: argparse.Namespace) -> TableSpec:
     )
 
 
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig that ``python -m training train ARGS`` runs (imports torch)."""
+def train_config_from_args(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
+    """The TrainConfig that ``python -m training train ARGS`` runs (imports torch).
+
+    ``args`` may come from a parser with only some of the training options (bench/real_data.py's):
+    the others take their ``train`` defaults. ``fixed`` sets TrainConfig fields outright, e.g.
+    ``data="classes"``."""
     from dicomnode.model import PreprocessConfig
     from training.model import ModelConfig
     from training.train import TrainConfig
 
-    return TrainConfig(
+    defaults = argparse.ArgumentParser()
+    _add_train_args(defaults)
+    args = argparse.Namespace(**{**vars(defaults.parse_args([])), **vars(args)})
+    options: dict[str, Any] = dict(
         data=args.data,
         data_dir=args.data_dir,
         labels_csv=args.labels,
@@ -262,6 +269,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_train_seconds=args.max_train_seconds,
         bootstrap=args.bootstrap,
     )
+    return TrainConfig(**{**options, **fixed})
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -304,8 +312,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dicomnode.model import PreprocessConfig, read_card
+    from dicomnode.model.card import QUANTIZATION_KEY
     from training.datasets import load_arrays, split_source
-    from training.quantize import QUANTIZATION_KEY, quantize_int8
+    from training.quantize import quantize_int8
 
     if args.n_calibration < 1:
         raise ValueError(f"--n-calibration {args.n_calibration} must be at least 1 (e.g. 256)")

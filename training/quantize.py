@@ -36,6 +36,7 @@ import onnx
 from pydicom.uid import generate_uid
 
 from dicomnode.model import INPUT_NAME, METADATA_KEY, ModelCard, predict_onnx, read_card, score_histogram
+from dicomnode.model.card import QUANTIZATION_KEY  # re-exported: the card's key, one definition
 from training.evaluate import evaluate_scores, roc_auc, round_metrics
 
 #: quantisation formats: QDQ (QuantizeLinear/DequantizeLinear pairs around float ops, which
@@ -43,8 +44,6 @@ from training.evaluate import evaluate_scores, roc_auc, round_metrics
 FORMATS = ("qdq", "qoperator")
 #: activation-range calibration methods of onnxruntime
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-#: key of the quantisation record in ``card.metrics``
-QUANTIZATION_KEY = "quantization"
 
 
 def int8_version(version: str) -> str:

@@ -32,30 +32,6 @@ from dicomnode.config import Settings
 
 if TYPE_CHECKING:  # imported when run: `dicomnode --help` need not load SQLAlchemy
     from dicomnode.store.db import Store
-    from dicomnode.store.models import StudyState
-
-#: States (values of StudyState) a study can be put back from: its analysis has ended.
-REANALYSABLE_STATES = ("analysed", "delivered", "delivery_failed", "not_applicable", "failed")
-REASON = "reanalyse requested (dicomnode reanalyse)"
-
-
-def request_reanalysis(store: Store, study_uid: str) -> tuple[bool, StudyState | None]:
-    """Move one finished study back to COMPLETE with its events; (moved, the state it was in)."""
-    from dicomnode.store.models import StudyState
-    from dicomnode.store.queries import study_state
-    from dicomnode.store.records import add_event, set_study_state
-
-    REANALYSABLE = tuple(StudyState(v) for v in REANALYSABLE_STATES)
-    before = study_state(store, study_uid)
-    if before not in REANALYSABLE:
-        return False, before
-    # only_from: a study that moved on meanwhile (re-opened by a new instance) is left to the node
-    if not set_study_state(
-        store, study_uid, StudyState.COMPLETE, REASON, only_from=REANALYSABLE, reset_attempts=True
-    ):
-        return False, study_state(store, study_uid)
-    add_event(store, "study.reanalyse_requested", study_uid, previous_state=before.value if before else None)
-    return True, before
 
 
 def _matching(store: Store, args: argparse.Namespace) -> list[str]:
@@ -90,6 +66,7 @@ def cmd_reanalyse(args: argparse.Namespace) -> int:
         )
     from dicomnode.cli.database import open_existing_store
     from dicomnode.store.queries import study_state
+    from dicomnode.store.records import REANALYSABLE, request_reanalysis
 
     s = settings(args)
     store = open_existing_store(s)
@@ -103,7 +80,7 @@ def cmd_reanalyse(args: argparse.Namespace) -> int:
         for uid in uids:
             if args.dry_run:
                 state = study_state(store, uid)
-                ok = state is not None and state.value in REANALYSABLE_STATES
+                ok = state in REANALYSABLE
                 print(
                     f"{uid}: {state.value if state else 'unknown'}: {'would queue' if ok else 'would skip'}"
                 )
@@ -167,4 +144,4 @@ def _dispatch(s: Settings, store: Store, uids: list[str]) -> int:
     return EXIT_OK
 
 
-__all__ = ["REANALYSABLE_STATES", "cmd_reanalyse", "request_reanalysis"]
+__all__ = ["cmd_reanalyse"]

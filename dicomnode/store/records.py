@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, DeliveryAttempt, Event, Instance, Study, StudyState, utcnow
+from dicomnode.store.queries import study_state
 
 
 def add_event(store: Store, kind: str, study_uid: str | None = None, **detail: Any) -> None:
@@ -333,6 +334,33 @@ def _set_study_state_in(
             )
         )
     return changed
+
+
+#: States a study can be put back for analysis from (:func:`request_reanalysis`): its analysis has
+#: ended. One still receiving, complete or analysing is on its way already.
+REANALYSABLE = (
+    StudyState.ANALYSED,
+    StudyState.DELIVERED,
+    StudyState.DELIVERY_FAILED,
+    StudyState.NOT_APPLICABLE,
+    StudyState.FAILED,
+)
+REANALYSE_REASON = "reanalyse requested (dicomnode reanalyse)"
+
+
+def request_reanalysis(store: Store, study_uid: str) -> tuple[bool, StudyState | None]:
+    """Move one finished study back to COMPLETE with its events, its analysis attempts from 0;
+    (moved, the state it was in)."""
+    before = study_state(store, study_uid)
+    if before not in REANALYSABLE:
+        return False, before
+    # only_from: a study that moved on meanwhile (re-opened by a new instance) is left to the node
+    if not set_study_state(
+        store, study_uid, StudyState.COMPLETE, REANALYSE_REASON, only_from=REANALYSABLE, reset_attempts=True
+    ):
+        return False, study_state(store, study_uid)
+    add_event(store, "study.reanalyse_requested", study_uid, previous_state=before.value if before else None)
+    return True, before
 
 
 class AnalysisAttemptsExhausted(RuntimeError):

@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from dicomnode.config import Destination, Settings
+from tests.conftest import need_tool
 from tests.support import LoggedProcess, free_port
 
 #: Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb): QIDO-RS, STOW-RS, WADO-RS under /dicom-web/
@@ -130,3 +132,25 @@ class Orthanc:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def default_orthanc(workdir: Path) -> Orthanc:
+    """An Orthanc (not started) with default settings on a free DICOM port: like most PACS, it
+    keeps the first copy of a SOP Instance UID (OverwriteInstances false)."""
+    return Orthanc(need_tool("Orthanc"), workdir, dicom_port=free_port())
+
+
+def delivering_to(orthanc: Orthanc, storage_dir: Path, **changes: Any) -> Settings:
+    """Settings of a node on a free loopback port that delivers its results to ``orthanc`` (as
+    ORTHANC) soon: a 0.5 s quiet period, three delivery attempts, the first retry after 0.2 s."""
+    settings = Settings(
+        ae_title="DICOMNODE",
+        host="127.0.0.1",
+        port=0,
+        storage_dir=storage_dir,
+        destinations=(Destination("ORTHANC", "127.0.0.1", orthanc.dicom_port),),
+        quiet_seconds=0.5,
+        delivery_attempts=3,
+        delivery_backoff_seconds=0.2,
+    )
+    return settings.with_overrides(**changes) if changes else settings

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -22,18 +23,32 @@ from dicomnode.config import Destination, Settings
 from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
 from dicomnode.store.db import Store
-from dicomnode.store.models import Analysis, Event, Study, StudyState
+from dicomnode.store.models import Event, Study, StudyState
 from dicomnode.testing.pacs import Receiver
 from dicomnode.testing.phantoms import write_phantom_studies
-from tests.support import wait_until
+from tests.support import analyses_of, wait_until
 from tests.tiny_model import write_tiny_model
 
 
-def _analyses(store: Store, uid: str) -> list[Analysis]:
-    with store.session() as s:
-        return list(
-            s.scalars(select(Analysis).join(Study).where(Study.study_uid == uid).order_by(Analysis.id))
-        )
+@pytest.fixture(autouse=True)
+def _no_node_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command reads DICOMNODE_* like the node: only what each test gives counts."""
+    for key in [k for k in os.environ if k.startswith("DICOMNODE_")]:
+        monkeypatch.delenv(key)
+
+
+def _node_settings(tmp_path: Path, pacs: Receiver, **changes: Any) -> Settings:
+    """An in-process node with the tiny model, delivering to ``pacs``."""
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        storage_dir=tmp_path / "node",
+        destinations=(Destination("TESTPACS", "127.0.0.1", pacs.port),),
+        quiet_seconds=0.5,
+        model=write_tiny_model(tmp_path / "tiny.onnx"),
+        metrics_port=0,
+    )
+    return settings.with_overrides(**changes) if changes else settings
 
 
 def _state(store: Store, uid: str) -> str | None:
@@ -46,19 +61,8 @@ def test_reanalyse_runs_a_delivered_study_again_and_delivers_it_again(
     pacs: Receiver,
     node_factory: Callable[[Settings], Node],
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key in [k for k in os.environ if k.startswith("DICOMNODE_")]:
-        monkeypatch.delenv(key)
-    settings = Settings(
-        host="127.0.0.1",
-        port=0,
-        storage_dir=tmp_path / "node",
-        destinations=(Destination("TESTPACS", "127.0.0.1", pacs.port),),
-        quiet_seconds=0.5,
-        model=write_tiny_model(tmp_path / "tiny.onnx"),
-        metrics_port=0,
-    )
+    settings = _node_settings(tmp_path, pacs)
     node = node_factory(settings)
     (study,) = write_phantom_studies(tmp_path / "in", 1, seed=3, positive_fraction=1.0)
     assert all(r.status == 0 for r in push_files(study.paths, "127.0.0.1", node.port))
@@ -74,10 +78,10 @@ def test_reanalyse_runs_a_delivered_study_again_and_delivers_it_again(
 
         node.stop()
         node_factory(settings)  # the next start queues every `complete` study
-        wait_until(lambda: len(_analyses(store, study.study_uid)) == 2, 60, "the second analysis")
+        wait_until(lambda: len(analyses_of(store, study.study_uid)) == 2, 60, "the second analysis")
         wait_until(lambda: _state(store, study.study_uid) == "delivered", 60, "the second delivery")
 
-        first, second = _analyses(store, study.study_uid)
+        first, second = analyses_of(store, study.study_uid)
         assert second.finished_at is not None and second.delivered_at is not None
         assert (second.sr_sop_instance_uid, second.sc_sop_instance_uid) == (
             first.sr_sop_instance_uid,
@@ -103,23 +107,10 @@ def test_reanalyse_is_picked_up_by_the_running_node(
     pacs: Receiver,
     node_factory: Callable[[Settings], Node],
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No restart: the node's reconciler hands `complete` studies on again once their last hand-off
     is older than DICOMNODE_RECONCILE_AFTER_SECONDS (short here)."""
-    for key in [k for k in os.environ if k.startswith("DICOMNODE_")]:
-        monkeypatch.delenv(key)
-    settings = Settings(
-        host="127.0.0.1",
-        port=0,
-        storage_dir=tmp_path / "node",
-        destinations=(Destination("TESTPACS", "127.0.0.1", pacs.port),),
-        quiet_seconds=0.5,
-        model=write_tiny_model(tmp_path / "tiny.onnx"),
-        metrics_port=0,
-        reconcile_interval_seconds=0.5,
-        reconcile_after_seconds=5.0,
-    )
+    settings = _node_settings(tmp_path, pacs, reconcile_interval_seconds=0.5, reconcile_after_seconds=5.0)
     node = node_factory(settings)
     (study,) = write_phantom_studies(tmp_path / "in", 1, seed=4, positive_fraction=0.0)
     assert all(r.status == 0 for r in push_files(study.paths, "127.0.0.1", node.port))
@@ -128,9 +119,9 @@ def test_reanalyse_is_picked_up_by_the_running_node(
         wait_until(lambda: _state(store, study.study_uid) == "delivered", 60, "the first delivery")
         assert main(["reanalyse", study.study_uid, "--storage-dir", str(settings.storage_dir)]) == 0
         assert "queued in SQL: the running node analyses them" in capsys.readouterr().out
-        wait_until(lambda: len(_analyses(store, study.study_uid)) == 2, 60, "the second analysis")
+        wait_until(lambda: len(analyses_of(store, study.study_uid)) == 2, 60, "the second analysis")
         wait_until(lambda: _state(store, study.study_uid) == "delivered", 60, "the second delivery")
-        assert all(a.finished_at is not None for a in _analyses(store, study.study_uid))
+        assert all(a.finished_at is not None for a in analyses_of(store, study.study_uid))
     finally:
         store.dispose()
 
@@ -146,8 +137,6 @@ def test_reanalyse_with_a_broker_puts_the_task_on_the_queue(
 
     from tests.conftest import REDIS_URL
 
-    for key in [k for k in os.environ if k.startswith("DICOMNODE_")]:
-        monkeypatch.delenv(key)
     monkeypatch.setenv("DICOMNODE_BROKER_URL", REDIS_URL)
     monkeypatch.setenv("DICOMNODE_QUEUE", celery_queue)
     store = Store(f"sqlite:///{tmp_path / 'node' / 'dicomnode.sqlite3'}")

@@ -18,15 +18,13 @@ import io
 import json
 import urllib.request
 from collections.abc import Callable
-from contextlib import redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 
 import pydicom
 from pydicom.uid import KeyObjectSelectionDocumentStorage, generate_uid
 
-from dicomnode.cli import main as dicomnode_main
-from dicomnode.config import Destination, Settings
+from dicomnode.config import Settings
 from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
 from dicomnode.ops.audit import AuditFilter, events, studies
@@ -34,9 +32,8 @@ from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState
 from dicomnode.store.queries import latest_analysis, study_state
 from dicomnode.testing.phantoms import write_phantom_studies
-from tests.conftest import need_tool
-from tests.integration.orthanc import Orthanc, free_port
-from tests.support import wait_until, write_settings_toml
+from tests.integration.orthanc import Orthanc, default_orthanc, delivering_to
+from tests.support import analyses_of, run_cli, wait_until, write_settings_toml
 from tests.tiny_model import tiny_card, write_tiny_model
 from tests.unit.test_model_versions import check_audit_by_version
 
@@ -58,32 +55,14 @@ def _new_image(template: Path, out: Path, n: int) -> Path:
     return out
 
 
-def _cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = dicomnode_main(list(argv))
-    return code, out.getvalue()
-
-
 def test_upgrade_rollback_audit_and_retraction_at_orthanc(
     tmp_path: Path, node_factory: Callable[[Settings], Node]
 ) -> None:
-    binary = need_tool("Orthanc")
-    orthanc_port = free_port()
-    base = Settings(
-        ae_title="DICOMNODE",
-        host="127.0.0.1",
-        port=0,
-        storage_dir=tmp_path / "node",
-        destinations=(Destination("ORTHANC", "127.0.0.1", orthanc_port),),
-        quiet_seconds=0.5,
-        delivery_attempts=3,
-        delivery_backoff_seconds=0.2,
-    )
+    orthanc = default_orthanc(tmp_path / "orthanc")
+    base = delivering_to(orthanc, tmp_path / "node")
     model_a = _model(tmp_path / "a.onnx", A, 4.0)
     model_b = _model(tmp_path / "b.onnx", B, 6.0)
     study = write_phantom_studies(tmp_path / "in", 1, seed=31, positive_fraction=1.0, size=256)[0]
-    orthanc = Orthanc(binary, tmp_path / "orthanc", dicom_port=orthanc_port)
     orthanc.start()
     store = Store(base.effective_database_url)
     try:
@@ -104,7 +83,7 @@ def test_upgrade_rollback_audit_and_retraction_at_orthanc(
             wait_until(delivered_by, 60, f"analysis by {version} delivered")
             versions_run.append(version)
             node.stop()
-        sr_b = {a.model_version: a for a in _analyses(store, study.study_uid)}[B]
+        sr_b = {a.model_version: a for a in analyses_of(store, study.study_uid)}[B]
 
         # Orthanc holds both versions' series, each naming its version
         orthanc_study = orthanc.study_id(study.study_uid)
@@ -119,11 +98,11 @@ def test_upgrade_rollback_audit_and_retraction_at_orthanc(
             assert [r.study_uid for r in rows] == [study.study_uid], version
             assert rows[0].model_version == version
         config = write_settings_toml(tmp_path / "node.toml", base)
-        code, out = _cli("--config", str(config), "audit", "--model-version", B, "--format", "json")
+        code, out = run_cli("--config", str(config), "audit", "--model-version", B, "--format", "json")
         assert code == 0 and study.study_uid in out and B in out, out
 
         # retract B: an IOCM rejection note for B's SR and SC, stored by Orthanc
-        code, out = _cli("--config", str(config), "retract", "--model-version", B)
+        code, out = run_cli("--config", str(config), "retract", "--model-version", B)
         assert code == 0, out
         assert "rejected 2 objects" in out, out
         kos = [
@@ -135,14 +114,14 @@ def test_upgrade_rollback_audit_and_retraction_at_orthanc(
         assert len(kos) == 1, kos
         note = pydicom.dcmread(io.BytesIO(_file(orthanc, f"/instances/{kos[0]['ID']}/file")))
         retracted = events(store, AuditFilter(study_uid=study.study_uid), kind="results.retracted")
-        code_x, out_x = _cli("--config", str(config), "retract", "--model-version", "9.9.9+nope0000")
-        code_events, out_events = _cli(
+        code_x, out_x = run_cli("--config", str(config), "retract", "--model-version", "9.9.9+nope0000")
+        code_events, out_events = run_cli(
             "--config", str(config), "audit", "events", "--kind", "results.retracted", "--format", "json"
         )
         instances_after = len(orthanc.get(f"/studies/{orthanc_study}/instances"))
         made = {
             u
-            for a in _analyses(store, study.study_uid)
+            for a in analyses_of(store, study.study_uid)
             for u in (a.sr_sop_instance_uid, a.sc_sop_instance_uid)
         }
     finally:
@@ -166,21 +145,10 @@ def test_upgrade_rollback_audit_and_retraction_at_orthanc(
     assert instances_after == len(made) + 1
     assert len(retracted) == 1 and retracted[0].detail is not None
     detail = retracted[0].detail
-    assert detail["model_version"] == B and detail["destination"] == f"ORTHANC@127.0.0.1:{orthanc_port}"
+    assert detail["model_version"] == B and detail["destination"] == f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
     assert set(detail["rejected"]) == referenced and detail["status"] == 0
     assert code_events == 0 and json.loads(out_events) and "results.retracted" in out_events
     assert code_x == 2
-
-
-def _analyses(store: Store, study_uid: str) -> list:  # type: ignore[type-arg]
-    from sqlalchemy import select
-
-    from dicomnode.store.models import Analysis, Study
-
-    with store.session() as s:
-        return list(
-            s.scalars(select(Analysis).join(Study).where(Study.study_uid == study_uid).order_by(Analysis.id))
-        )
 
 
 def _file(orthanc: Orthanc, path: str) -> bytes:

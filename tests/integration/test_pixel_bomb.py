@@ -35,9 +35,8 @@ from dicomnode.store.queries import latest_analysis, study_state
 from dicomnode.testing.hostile import claimed_size_pixel_bomb, deflate_bomb_bytes, rle_pixel_bomb
 from dicomnode.testing.pacs import Receiver
 from dicomnode.testing.phantoms import make_phantom
-from tests.support import LoggedProcess, echo_ok, wait_until
+from tests.support import LoggedProcess, echo_ok, store_complete_study, wait_until
 from tests.tiny_model import tiny_card, write_tiny_model
-from tests.unit.test_pipeline import _receive
 from worker.pipeline import Pipeline
 from worker.runners import make_runner
 
@@ -72,7 +71,7 @@ def test_a_decode_over_the_memory_cap_fails_the_study_and_the_next_study_succeed
     p = _pipeline(tmp_path, decode_memory_bytes=256 * MiB)
     try:
         # 6000 x 6000: under DICOMNODE_MAX_IMAGE_PIXELS, but ~900 MiB to preprocess (x1600 its size)
-        bomb_uid = _receive(p, rle_pixel_bomb(6000, 6000))
+        bomb_uid = store_complete_study(p, rle_pixel_bomb(6000, 6000))
         hwm = _vm_hwm()
 
         outcome = p.analyse_study(bomb_uid)
@@ -86,7 +85,7 @@ def test_a_decode_over_the_memory_cap_fails_the_study_and_the_next_study_succeed
         assert _vm_hwm() - hwm < 100 * MiB  # the worker never held the decoded image
 
         good = make_phantom(np.random.default_rng(4), True, size=256)
-        good_uid = _receive(p, good)
+        good_uid = store_complete_study(p, good)
         after = p.analyse_study(good_uid)
         assert after.score is not None and after.state is not StudyState.FAILED
         expected, _ = p.model.predict(preprocess(good, p.model.preprocess_config)[None])
@@ -100,12 +99,12 @@ def test_a_decoder_that_aborts_on_a_65535_squared_header_costs_only_its_child(tm
     # fails under the cap, and pylibjpeg-rle aborts the process (today's main: the worker or node)
     p = _pipeline(tmp_path, max_image_pixels=0, decode_memory_bytes=256 * MiB)
     try:
-        bomb_uid = _receive(p, claimed_size_pixel_bomb())
+        bomb_uid = store_complete_study(p, claimed_size_pixel_bomb())
         outcome = p.analyse_study(bomb_uid)
         assert outcome.state is StudyState.FAILED and outcome.reason is not None
         # SIGABRT from pylibjpeg-rle; a decoder that raises MemoryError instead is reported as such
         assert re.search(r"killed by SIGABRT while decoding|within 256 MiB", outcome.reason), outcome.reason
-        good_uid = _receive(p, make_phantom(np.random.default_rng(5), False, size=256))
+        good_uid = store_complete_study(p, make_phantom(np.random.default_rng(5), False, size=256))
         assert p.analyse_study(good_uid).score is not None
     finally:
         p.close()
@@ -183,13 +182,13 @@ def test_a_deflated_instance_is_read_in_the_child_and_a_deflate_bomb_refused(tmp
     try:
         ds = make_phantom(np.random.default_rng(6), True, size=256)
         plain_score = None
-        study_uid = _receive(p, ds)
+        study_uid = store_complete_study(p, ds)
         plain_score = p.analyse_study(study_uid).score
 
         deflated = make_phantom(np.random.default_rng(6), True, size=256)
         deflated.StudyInstanceUID = pydicom.uid.generate_uid()
         deflated.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
-        deflated_uid = _receive(p, deflated)
+        deflated_uid = store_complete_study(p, deflated)
         assert p.analyse_study(deflated_uid).score == pytest.approx(plain_score, abs=1e-6)
 
         # 1 GiB inflated from ~1 MiB: over DICOMNODE_MAX_INFLATED_BYTES, refused before inflating

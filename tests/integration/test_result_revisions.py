@@ -13,23 +13,20 @@ import io
 import json
 import urllib.request
 from collections.abc import Callable
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pydicom
 from pydicom.uid import Comprehensive3DSRStorage, EnhancedSRStorage, generate_uid
 
-from dicomnode.cli import main as dicomnode_main
-from dicomnode.config import Destination, Settings
+from dicomnode.config import Settings
 from dicomnode.delivery.push import push_files
 from dicomnode.node import Node
 from dicomnode.store.db import Store
 from dicomnode.store.models import Analysis, StudyState
 from dicomnode.store.queries import latest_analysis, study_state
 from dicomnode.testing.phantoms import write_phantom_studies
-from tests.conftest import need_tool
-from tests.integration.orthanc import Orthanc, free_port
-from tests.support import wait_until, write_settings_toml
+from tests.integration.orthanc import Orthanc, default_orthanc, delivering_to
+from tests.support import run_cli, wait_until, write_settings_toml
 from tests.tiny_model import write_tiny_model
 
 SR_CLASSES = {str(Comprehensive3DSRStorage), str(EnhancedSRStorage)}
@@ -47,13 +44,6 @@ def _late_image(template: Path, out: Path) -> Path:
     return out
 
 
-def _cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = dicomnode_main(list(argv))
-    return code, out.getvalue()
-
-
 def _orthanc_srs(orthanc: Orthanc, study_uid: str) -> list[pydicom.Dataset]:
     study = orthanc.study_id(study_uid)
     srs: list[pydicom.Dataset] = []
@@ -68,23 +58,11 @@ def _orthanc_srs(orthanc: Orthanc, study_uid: str) -> list[pydicom.Dataset]:
 def test_late_instance_revises_the_result_at_an_orthanc_with_default_settings(
     tmp_path: Path, node_factory: Callable[[Settings], Node]
 ) -> None:
-    binary = need_tool("Orthanc")
-    orthanc_port = free_port()
-    settings = Settings(
-        ae_title="DICOMNODE",
-        host="127.0.0.1",
-        port=0,
-        storage_dir=tmp_path / "node",
-        destinations=(Destination("ORTHANC", "127.0.0.1", orthanc_port),),
-        quiet_seconds=0.5,
-        model=write_tiny_model(tmp_path / "tiny.onnx"),
-        delivery_attempts=3,
-        delivery_backoff_seconds=0.2,
-    )
+    orthanc = default_orthanc(tmp_path / "orthanc")
+    assert "OverwriteInstances" not in orthanc.config()
+    settings = delivering_to(orthanc, tmp_path / "node", model=write_tiny_model(tmp_path / "tiny.onnx"))
     study = write_phantom_studies(tmp_path / "in", 1, seed=5, positive_fraction=0.0, size=256)[0]
     late = _late_image(study.paths[0], tmp_path / "late.dcm")
-    orthanc = Orthanc(binary, tmp_path / "orthanc", dicom_port=orthanc_port)  # default: no overwrite
-    assert "OverwriteInstances" not in orthanc.config()
     orthanc.start()
     store = Store(settings.effective_database_url)
     try:
@@ -108,7 +86,7 @@ def test_late_instance_revises_the_result_at_an_orthanc_with_default_settings(
         first, second = analyses
         srs = _orthanc_srs(orthanc, study.study_uid)
         config = write_settings_toml(tmp_path / "node.toml", settings)
-        code, out = _cli("--config", str(config), "worklist", "--format", "json")
+        code, out = run_cli("--config", str(config), "worklist", "--format", "json")
     finally:
         orthanc.stop()
         store.dispose()

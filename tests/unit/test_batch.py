@@ -22,8 +22,8 @@ from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState
 from dicomnode.store.queries import latest_analysis, study_state
 from dicomnode.testing.phantoms import make_phantom
+from tests.support import store_complete_study
 from tests.tiny_model import tiny_card, write_tiny_model
-from tests.unit.test_pipeline import _receive
 from worker.batch import analyse_studies
 from worker.pipeline import Pipeline
 from worker.runners import InProcessRunner
@@ -67,8 +67,8 @@ def _content(path: Path) -> dict[str, object]:
 def test_a_batch_gives_each_study_the_results_it_gets_alone(tmp_path: Path) -> None:
     alone, together = _pipeline(tmp_path / "alone"), _pipeline(tmp_path / "together")
     studies = _studies()
-    uids = [_receive(alone, *s) for s in studies]
-    assert [_receive(together, *s) for s in studies] == uids
+    uids = [store_complete_study(alone, *s) for s in studies]
+    assert [store_complete_study(together, *s) for s in studies] == uids
 
     single = [alone.analyse_study(uid) for uid in uids]
     batched = analyse_studies(together, [(uid, None) for uid in uids])
@@ -97,7 +97,7 @@ def test_a_batch_gives_each_study_the_results_it_gets_alone(tmp_path: Path) -> N
 
 def test_a_study_that_fails_in_a_batch_fails_alone(tmp_path: Path) -> None:
     p = _pipeline(tmp_path)
-    uids = [_receive(p, *s) for s in _studies()]
+    uids = [store_complete_study(p, *s) for s in _studies()]
     # a file where the second study's results folder goes: writing its results fails
     p.settings.results_dir.mkdir(parents=True, exist_ok=True)
     (p.settings.results_dir / uids[1]).write_bytes(b"")
@@ -124,7 +124,7 @@ def test_the_embedded_runner_analyses_the_studies_waiting_in_one_batch(tmp_path:
     store = Store(settings.effective_database_url)
     runner = InProcessRunner(settings, store)
     receiver = Pipeline(settings, store, PneumoniaModel(settings.model_path))  # to store the studies
-    uids = [_receive(receiver, *s) for s in _studies() if s[0].BodyPartExamined != "KNEE"]
+    uids = [store_complete_study(receiver, *s) for s in _studies() if s[0].BodyPartExamined != "KNEE"]
     try:
         now = datetime.now(UTC)
         for uid in uids:

@@ -4,7 +4,6 @@ SQL; the queue, the node and delivery are tested elsewhere (tests/integration)."
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +13,12 @@ import pytest
 from dicomnode.config import Settings
 from dicomnode.model import PneumoniaModel, PreprocessConfig, preprocess
 from dicomnode.results import read_sr
-from dicomnode.storage import instance_path, write_atomic
+from dicomnode.storage import instance_path
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState
 from dicomnode.store.queries import latest_analysis, study_state
-from dicomnode.store.records import InstanceRecord, record_instance, set_study_state
 from dicomnode.testing.phantoms import make_phantom
+from tests.support import store_complete_study
 from tests.tiny_model import tiny_card, write_tiny_model
 from worker.pipeline import Pipeline
 
@@ -34,38 +33,9 @@ def pipeline(tmp_path: Path) -> Pipeline:
     return Pipeline(settings, store, PneumoniaModel(settings.model_path))
 
 
-def _receive(p: Pipeline, *datasets: pydicom.Dataset) -> str:
-    """Store ``datasets`` as the SCP would (file in place, row in SQL) and mark the study complete."""
-    for ds in datasets:
-        path = instance_path(
-            p.settings.instances_dir, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
-        )
-        encoded = io.BytesIO()
-        ds.save_as(encoded, enforce_file_format=True)
-        write_atomic(path, encoded.getvalue())
-        record_instance(
-            p.store,
-            InstanceRecord(
-                study_uid=ds.StudyInstanceUID,
-                series_uid=ds.SeriesInstanceUID,
-                sop_instance_uid=ds.SOPInstanceUID,
-                sop_class_uid=ds.SOPClassUID,
-                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-                modality=ds.Modality,
-                path=str(path),
-                size_bytes=path.stat().st_size,
-                sha256=None,
-                calling_ae="MODALITY",
-            ),
-        )
-    study_uid = str(datasets[0].StudyInstanceUID)
-    set_study_state(p.store, study_uid, StudyState.COMPLETE, "test")
-    return study_uid
-
-
 def test_analyse_study_scores_with_the_model_and_writes_sr_and_sc(pipeline: Pipeline) -> None:
     ds = make_phantom(np.random.default_rng(7), True, size=128)
-    study_uid = _receive(pipeline, ds)
+    study_uid = store_complete_study(pipeline, ds)
 
     outcome = pipeline.analyse_study(study_uid)
 
@@ -87,7 +57,7 @@ def test_analyse_study_scores_with_the_model_and_writes_sr_and_sc(pipeline: Pipe
 
 
 def test_a_second_run_with_the_same_model_is_skipped(pipeline: Pipeline) -> None:
-    study_uid = _receive(pipeline, make_phantom(np.random.default_rng(8), False, size=128))
+    study_uid = store_complete_study(pipeline, make_phantom(np.random.default_rng(8), False, size=128))
     first = pipeline.analyse_study(study_uid)
     again = pipeline.analyse_study(study_uid)
     assert not first.skipped and again.skipped and again.state == first.state
@@ -96,7 +66,7 @@ def test_a_second_run_with_the_same_model_is_skipped(pipeline: Pipeline) -> None
 def test_a_study_without_a_chest_radiograph_is_not_applicable(pipeline: Pipeline) -> None:
     ds = make_phantom(np.random.default_rng(9), True, size=128)
     ds.BodyPartExamined = "KNEE"
-    study_uid = _receive(pipeline, ds)
+    study_uid = store_complete_study(pipeline, ds)
     outcome = pipeline.analyse_study(study_uid)
     assert outcome.state == StudyState.NOT_APPLICABLE
     assert study_state(pipeline.store, study_uid) == StudyState.NOT_APPLICABLE
@@ -111,7 +81,7 @@ def test_a_study_reopened_after_retention_purged_its_files_analyses_what_is_stil
     from dicomnode.store.models import Instance, utcnow
 
     first = make_phantom(np.random.default_rng(10), True, size=128)
-    study_uid = _receive(pipeline, first)
+    study_uid = store_complete_study(pipeline, first)
     with pipeline.store.session() as s:  # as dicomnode purge leaves it: row kept and marked, file gone
         s.execute(update(Instance).values(purged_at=utcnow()))
     instance_path(
@@ -119,7 +89,7 @@ def test_a_study_reopened_after_retention_purged_its_files_analyses_what_is_stil
     ).unlink()
     late = make_phantom(np.random.default_rng(11), True, size=128)
     late.StudyInstanceUID = first.StudyInstanceUID
-    _receive(pipeline, late)
+    store_complete_study(pipeline, late)
 
     pipeline.analyse_study(study_uid)
 

@@ -21,8 +21,8 @@ from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState
 from dicomnode.store.queries import latest_analysis, study_state
 from dicomnode.testing.phantoms import make_phantom
+from tests.support import store_complete_study
 from tests.tiny_model import tiny_card, write_tiny_model
-from tests.unit.test_pipeline import _receive
 from tests.unit.test_results_sanitise import as_sent
 from worker.pipeline import Pipeline, _build_result, failure_reason
 
@@ -64,7 +64,7 @@ def test_study_with_sloppy_header_values_is_analysed_and_sql_holds_no_header_val
     for keyword, raw in SLOPPY.items():
         as_sent(ds, keyword, raw)
     # the SCP stores the bytes as received: write them, then read back what a worker reads
-    study_uid = _receive(pipeline, ds)
+    study_uid = store_complete_study(pipeline, ds)
 
     with structlog.testing.capture_logs() as logs:
         outcome = pipeline.analyse_study(study_uid)

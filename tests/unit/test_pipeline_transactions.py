@@ -15,7 +15,8 @@ from dicomnode.store.models import StudyState, utcnow
 from dicomnode.store.queries import latest_analysis, study_state
 from dicomnode.store.records import InstanceRecord, end_analysis, record_instance, start_analysis
 from dicomnode.testing.phantoms import make_phantom
-from tests.unit.test_pipeline import _receive, pipeline  # noqa: F401  (the fixture)
+from tests.support import store_complete_study
+from tests.unit.test_pipeline import pipeline  # noqa: F401  (the fixture)
 from worker.pipeline import Pipeline
 
 
@@ -43,7 +44,7 @@ def _counting(store: Store) -> Iterator[dict[str, int]]:
 def test_a_not_applicable_study_records_its_analysis_and_state_in_one_transaction(pipeline: Pipeline) -> None:  # noqa: F811
     ds = make_phantom(np.random.default_rng(9), True, size=64)
     ds.BodyPartExamined = "KNEE"
-    study_uid = _receive(pipeline, ds)
+    study_uid = store_complete_study(pipeline, ds)
 
     with _counting(pipeline.store) as seen:
         outcome = pipeline.analyse_study(study_uid)
@@ -61,7 +62,7 @@ def test_a_not_applicable_study_records_its_analysis_and_state_in_one_transactio
 def test_a_delivered_study_writes_its_finding_and_results_to_the_analysis_row_at_once(
     pipeline: Pipeline,  # noqa: F811
 ) -> None:
-    study_uid = _receive(pipeline, make_phantom(np.random.default_rng(7), True, size=64))
+    study_uid = store_complete_study(pipeline, make_phantom(np.random.default_rng(7), True, size=64))
 
     with _counting(pipeline.store) as seen:
         outcome = pipeline.analyse_study(study_uid)

@@ -92,7 +92,7 @@ def test_a_finished_analysis_resets_the_attempt_counter(store: Store, tmp_path: 
 def test_an_operators_reanalysis_gives_a_study_that_used_up_its_attempts_a_fresh_start(
     store: Store, tmp_path: Path
 ) -> None:
-    from dicomnode.cli.reanalyse import request_reanalysis
+    from dicomnode.store.records import request_reanalysis
 
     uid = _study(store, tmp_path)
     for _ in range(3):
