@@ -9,7 +9,7 @@ does it (:class:`dicomnode.model.decode.Decoder`), three ways:
 
 - ``in-process``: ``DICOMNODE_DECODE_MEMORY_BYTES=0``, the same functions called in this process;
 - ``child``: the default, a long-lived forkserver child capped with ``RLIMIT_AS``: the float32
-  tensor (and, for the study's heatmap, the display image of at most 1024 x 1024 float64) comes
+  tensor (and, for the study's heatmap, the display image of at most 1024 x 1024 as uint8 gray levels) comes
   back through a pipe;
 - ``child, fresh``: a new child for every study (what a failure or the recycling every
   ``RECYCLE_AFTER`` decodes costs once): its start, then the first decode in it.

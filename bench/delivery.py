@@ -9,7 +9,9 @@ Compares, in one run against the same storescp, one study after another:
 - ``fresh, files``: a fresh association per study (``DICOMNODE_DELIVERY_IDLE_RELEASE_SECONDS=0``),
   each object sent as the result file the pipeline wrote;
 - ``kept open, files``: one kept-open association reused by every study (the default, 5 s);
-- with ``--tls``, the last two again to a ``storescp +tls`` (a TLS 1.2+ handshake per association).
+- with ``--tls``, the last two again to a ``storescp +tls`` (a TLS 1.2+ handshake per association);
+- with ``--nagle``, each file kind again with Nagle's algorithm left on (no ``TCP_NODELAY`` on the
+  sender's socket, as before 2026-12-05), so that the two are compared in the same run.
 
 Prints studies/s and this process's CPU ms per study (every thread: pynetdicom's association and
 DUL threads included; storescp's CPU is not ours), the median of ``--reps`` runs, with ratios
@@ -35,6 +37,7 @@ import pydicom
 from pydicom import Dataset
 
 from dicomnode.config import Destination
+from dicomnode.delivery import sender
 from dicomnode.delivery.pool import POOL
 from dicomnode.delivery.sender import send_once
 from dicomnode.logconfig import configure_logging
@@ -75,6 +78,21 @@ def _run(studies: Sequence[Sequence[Dataset]], dest: Destination, keep_open: flo
         results = send_once(study, dest, calling_ae=CALLING, keep_open=keep_open)
         assert all(r.success for r in results), results
     return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _with_nagle(run: Callable[[], tuple[float, float]]) -> Callable[[], tuple[float, float]]:
+    """``run`` with the sender's TCP_NODELAY handler unbound (Nagle's algorithm on)."""
+
+    def nagle() -> tuple[float, float]:
+        bound = list(sender._HANDLERS)
+        sender._HANDLERS.clear()
+        try:
+            return run()
+        finally:
+            sender._HANDLERS[:] = bound
+            POOL.close()  # no association with Nagle on outlives the row
+
+    return nagle
 
 
 def _idle_cpu_ms_per_s(dest: Destination, study: Sequence[Dataset], parked: bool, seconds: float) -> float:
@@ -138,6 +156,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="runs of each kind; the median is shown")
     ap.add_argument("--idle-seconds", type=float, default=3.0)
     ap.add_argument("--tls", action="store_true", help="also to a storescp on TLS (needs openssl)")
+    ap.add_argument("--nagle", action="store_true", help="also each file kind with Nagle's algorithm on")
     args = ap.parse_args()
     configure_logging("warning")
     binary = shutil.which("storescp")
@@ -173,6 +192,8 @@ def main() -> None:
                     ("TLS: fresh association, files", lambda: _run(from_files, tls, 0)),
                     ("TLS: kept open (5 s), files", lambda: _run(from_files, tls, 5)),
                 ]
+            if args.nagle:
+                kinds += [(f"{name}, Nagle on", _with_nagle(run)) for name, run in kinds if "files" in name]
             _run(from_files[:2], dest, 0)  # warm-up: imports, first association
             runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in kinds}
             for _ in range(args.reps):  # interleaved, so that load changes hit every kind alike
@@ -190,15 +211,15 @@ def main() -> None:
         f"\ndelivery: {k} studies x (SR + SC of a {args.size}-px radiograph), storescp on loopback, "
         f"median of {args.reps}"
     )
-    print(f"{'kind':<30} {'studies/s':>10} {'x':>6} {'CPU ms/study':>13} {'x':>6}")
-    print("-" * 69)
+    print(f"{'kind':<41} {'studies/s':>10} {'x':>6} {'CPU ms/study':>13} {'x':>6}")
+    print("-" * 80)
     ref_rate = ref_cpu = 0.0
     for name, _ in kinds:
         wall = statistics.median(w for w, _ in runs[name])
         cpu = statistics.median(c for _, c in runs[name])
         rate, cpu_ms = k / wall, cpu / k * 1000
         ref_rate, ref_cpu = (ref_rate or rate), (ref_cpu or cpu_ms)
-        print(f"{name:<30} {rate:>10.1f} {rate / ref_rate:>6.2f} {cpu_ms:>13.1f} {cpu_ms / ref_cpu:>6.2f}")
+        print(f"{name:<41} {rate:>10.1f} {rate / ref_rate:>6.2f} {cpu_ms:>13.1f} {cpu_ms / ref_cpu:>6.2f}")
     print(f"\nidle kept association, CPU ms per second: parked {idle_parked:.1f}, not parked {idle_held:.1f}")
 
 

@@ -1,16 +1,23 @@
 """Worker benchmark: CPU time per study by stage, for full-size single-image studies.
 
     .venv/bin/python bench/worker_cpu.py                     # 8 studies of 2048 x 2048, SQLite
+    .venv/bin/python bench/worker_cpu.py --decode inprocess  # decoding in this process
     .venv/bin/python bench/worker_cpu.py --database-url postgresql+psycopg://postgres@127.0.0.1/test
 
 Runs the real :meth:`worker.pipeline.Pipeline.analyse_study` on phantom DX studies stored as the
 SCP stores them, delivering to a pynetdicom Storage SCP on loopback, and charges the CPU time of
 the calling thread (``time.thread_time``) to the stage whose function is running; a stage nested
 in another (the render inside the SC build, SQL inside delivery) is charged to the inner one
-only. Decoding runs in the calling process (``decode_memory_bytes=0``) so that its CPU time is
-counted here; the worker's default decodes the same way in a child process. onnxruntime and the
-SCU's association run threads of their own, so the "inference" and "delivery" rows show this
-thread's share, and their wall time is printed beside them.
+only. onnxruntime and the SCU's association run threads of their own, so the "inference" and
+"delivery" rows show this thread's share, and their wall time is printed beside them.
+
+``--decode child`` (the default, as the worker's default settings) decodes in the memory-capped
+child process (:class:`dicomnode.model.decode.Decoder`): the "decode+preprocess" row is then this
+process's side of the round trip: the calling thread, plus the CPU clocks of the executor's two
+threads that pickle the call into the pipe and read and unpickle the tensor and the heatmap's
+display from it. The child's own CPU is the "decoding child" row under the table, asked of the
+child between studies. ``--decode inprocess`` (``DICOMNODE_DECODE_MEMORY_BYTES=0``) runs the same
+functions in the calling thread.
 
 The target (issue 16) is the worker's CPU per study without inference and delivery; it is printed
 under the table with the number of SQL transactions each study commits. The model is the tiny
@@ -21,6 +28,7 @@ model's own cost is ``bench/inference.py``'s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
@@ -98,13 +106,18 @@ class StageClock:
             self._charge()
             self._stack.pop()
 
-    def wrap(self, owner: Any, attribute: str, name: str) -> None:
-        """Charge calls of ``owner.attribute`` to stage ``name`` from now on."""
+    def wrap(self, owner: Any, attribute: str, name: str, helpers: Callable[[], float] = lambda: 0.0) -> None:
+        """Charge calls of ``owner.attribute`` to stage ``name`` from now on, with the CPU that
+        ``helpers`` (seconds so far of other threads working for the call) adds meanwhile."""
         fn: Callable[..., Any] = getattr(owner, attribute)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            with self.stage(name):
-                return fn(*args, **kwargs)
+            before = helpers()
+            try:
+                with self.stage(name):
+                    return fn(*args, **kwargs)
+            finally:
+                self.cpu[name] += helpers() - before
 
         setattr(owner, attribute, timed)
 
@@ -112,7 +125,7 @@ class StageClock:
 def _instrument(clock: StageClock, pipeline: pipeline_module.Pipeline) -> None:
     clock.wrap(pipeline, "_read_header", "decode+preprocess")
     for attribute in ("tensor", "display"):
-        clock.wrap(pipeline.decoder, attribute, "decode+preprocess")
+        clock.wrap(pipeline.decoder, attribute, "decode+preprocess", lambda: _round_trip_cpu(pipeline))
     clock.wrap(pipeline.model, "predict", "inference")
     clock.wrap(sc_module, "render_heatmap", "render")
     clock.wrap(pipeline_module, "build_sr", "SR build")
@@ -176,6 +189,31 @@ def _receive(settings: Settings, store: Store, paths: list[Path]) -> str:
     return study_uid
 
 
+def _round_trip_cpu(pipeline: pipeline_module.Pipeline) -> float:
+    """CPU seconds so far of the decoder's executor threads: the feeder that pickles calls into
+    the pipe and the manager that reads and unpickles the results (0 without a child)."""
+    executor = pipeline.decoder._executor
+    if executor is None:
+        return 0.0
+    call_queue = getattr(executor, "_call_queue", None)
+    threads = (getattr(executor, "_executor_manager_thread", None), getattr(call_queue, "_thread", None))
+    seconds = 0.0
+    for thread in threads:
+        if thread is not None and thread.ident is not None and thread.is_alive():
+            with contextlib.suppress(OSError):  # ended meanwhile
+                seconds += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return seconds
+
+
+def _child_cpu(pipeline: pipeline_module.Pipeline) -> float:
+    """CPU seconds the decoding child has used so far (0 when decoding runs in this process);
+    asked of the child itself, outside the timed study."""
+    if not pipeline.decoder.isolated:
+        return 0.0
+    seconds: float = pipeline.decoder._call(time.process_time)
+    return seconds
+
+
 def _model(root: Path, model: Path | None) -> Path:
     if model is not None:
         return model
@@ -191,6 +229,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048, help="phantom Rows = Columns")
     ap.add_argument("--model", type=Path, default=None, help="exported ONNX model (default: tiny graph)")
     ap.add_argument("--database-url", default=None, help="default: SQLite in a temporary folder")
+    ap.add_argument(
+        "--decode",
+        choices=("child", "inprocess"),
+        default="child",
+        help="decode in the memory-capped child process (default, as production) or in this one",
+    )
     args = ap.parse_args()
     configure_logging("warning")
 
@@ -201,7 +245,7 @@ def main() -> None:
             settings = Settings(
                 storage_dir=root / "node",
                 model=_model(root, args.model),
-                decode_memory_bytes=0,
+                decode_memory_bytes=0 if args.decode == "inprocess" else Settings().decode_memory_bytes,
                 database_url=args.database_url or "",
                 destinations=(Destination("BENCHPACS", "127.0.0.1", pacs.port),),
             )
@@ -221,22 +265,27 @@ def main() -> None:
             per_study_wall: list[dict[str, float]] = []
             totals: list[float] = []
             transactions: list[int] = []
+            child_cpu: list[float] = []
             for i, uid in enumerate(uids):
                 clock.cpu.clear()
                 clock.wall.clear()
                 commits = 0
+                child0 = _child_cpu(pipeline)
                 cpu0 = time.process_time()
                 clock.start()
                 outcome = pipeline.analyse_study(uid)
                 clock.stop()
+                cpu1 = time.process_time()
+                child1 = _child_cpu(pipeline)
                 if outcome.state is not StudyState.DELIVERED:
                     raise SystemExit(f"study {i} ended {outcome.state}: {outcome.reason}")
                 if i == 0:  # warm-up: imports, first-use caches
                     continue
                 per_study.append(dict(clock.cpu))
                 per_study_wall.append(dict(clock.wall))
-                totals.append(time.process_time() - cpu0)
+                totals.append(cpu1 - cpu0)
                 transactions.append(commits)
+                child_cpu.append(child1 - child0)
             pipeline.close()
             store.dispose()
 
@@ -245,7 +294,8 @@ def main() -> None:
 
     print(
         f"\nworker: {len(per_study)} single-image studies of {args.size} x {args.size} "
-        f"(+1 warm-up), {'SQLite' if args.database_url is None else args.database_url.split(':')[0]}"
+        f"(+1 warm-up), {'SQLite' if args.database_url is None else args.database_url.split(':')[0]}, "
+        f"decoding {'in the child process' if args.decode == 'child' else 'in this process'}"
     )
     print(f"{'stage':<20} {'CPU ms':>9} {'wall ms':>9}")
     print("-" * 40)
@@ -260,6 +310,12 @@ def main() -> None:
         f"(min {min(counted):.1f}, max {max(counted):.1f})"
     )
     print(f"process CPU per study, all threads: {statistics.median(totals) * 1000:.1f} ms (median)")
+    if args.decode == "child":
+        child_ms = statistics.median(child_cpu) * 1000
+        print(
+            f"{'decoding child':<20} {child_ms:>9.1f}   its own CPU per study, not in the rows above; "
+            f"with it: {statistics.median(counted) + child_ms:.1f} ms"
+        )
     print(f"SQL transactions committed per study: {statistics.median(transactions):g}")
 
 

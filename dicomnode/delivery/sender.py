@@ -7,8 +7,10 @@ reused across studies :mod:`dicomnode.delivery.pool`'s.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +29,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
 )
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.events import EventHandlerType
 
 from dicomnode.config import Destination
 from dicomnode.delivery.pool import PARKED_POLL_SECONDS, POOL, PoolKey, close_association
@@ -119,6 +122,22 @@ class _DUL(DULServiceProvider):
 
 pynetdicom.association.DULServiceProvider = _DUL  # type: ignore[misc]
 
+
+def _no_delay(event: evt.Event) -> None:
+    """Turn off Nagle's algorithm on a delivery association's socket once it is connected.
+
+    A C-STORE ends with a short P-DATA PDU: with Nagle it waits for the peer's delayed ACK (up to
+    40 ms on Linux) before leaving, for every object and the association's negotiation. The socket
+    is the TLS one for a TLS destination (the option is set on the TCP socket under it)."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # closed meanwhile: the send reports it
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+#: Handlers bound to every delivery and C-ECHO association (``AE.associate(evt_handlers=...)``).
+_HANDLERS: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, _no_delay)]
+
 # Associations of delivery attempts in progress: abort_all() ends them at shutdown, so a node
 # stopping never waits for a destination that does not answer.
 _active: set[Association] = set()
@@ -177,7 +196,13 @@ def _associate(
         ae.add_requested_context(uid, ImplicitVRLittleEndian)
     try:
         # TLS per destination (delivery/tls.py); an unreadable PEM file fails the attempt like a peer down
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=client_tls_args(dest))
+        assoc = ae.associate(
+            dest.host,
+            dest.port,
+            ae_title=dest.ae_title,
+            tls_args=client_tls_args(dest),
+            evt_handlers=_HANDLERS,
+        )
     except Exception as exc:  # socket errors etc.
         return f"association failed: {exc}"
     if not assoc.is_established:
@@ -392,7 +417,13 @@ def echo(dest: Destination, *, calling_ae: str, connect_timeout: float = 10.0, t
     ae.add_requested_context(Verification)
     try:
         # TLS per destination (delivery/tls.py); an unreadable PEM file fails the attempt like a peer down
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=client_tls_args(dest))
+        assoc = ae.associate(
+            dest.host,
+            dest.port,
+            ae_title=dest.ae_title,
+            tls_args=client_tls_args(dest),
+            evt_handlers=_HANDLERS,
+        )
     except Exception:
         return False
     if not assoc.is_established:

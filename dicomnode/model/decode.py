@@ -14,12 +14,13 @@ hostile input can crash. So the worker decodes in two steps:
    (or the node, in embedded mode) goes on with the next study.
 
 Only the float32 model tensor comes back per instance, and, for the image the heatmap is drawn on,
-the radiograph at the heatmap's resolution (:func:`~dicomnode.model.preprocess.display_image_of`),
-so a large radiograph is never held in full by the worker. A deflated data set, which has no file
-offsets to defer its pixel data to, is read in the child too (:meth:`Decoder.header`), with the
-reader the worker gives (its inflation capped by ``DICOMNODE_MAX_INFLATED_BYTES``), so the worker
-never holds it inflated. ``DICOMNODE_DECODE_MEMORY_BYTES=0`` runs the same functions in the calling
-process, for debugging.
+the radiograph at the heatmap's resolution (:func:`~dicomnode.model.preprocess.display_image_of`)
+as the 8-bit gray levels the heatmap's blend is indexed by (:func:`gray_levels`: 1 MiB at 1024 x
+1024, not the 8 MiB of the float image), so a large radiograph is never held in full by the
+worker. A deflated data set, which has no file offsets to defer its pixel data to, is read in the
+child too (:meth:`Decoder.header`), with the reader the worker gives (its inflation capped by
+``DICOMNODE_MAX_INFLATED_BYTES``), so the worker never holds it inflated.
+``DICOMNODE_DECODE_MEMORY_BYTES=0`` runs the same functions in the calling process, for debugging.
 
 The child is started with the forkserver method: like any multiprocessing user, a script that
 analyses studies must guard its top level with ``if __name__ == "__main__":``.
@@ -67,7 +68,7 @@ RECYCLE_AFTER = 200
 #: Seconds a new decoding process may take to start (the first one starts the forkserver).
 _START_TIMEOUT = 120.0
 
-#: Displays (<= 8 MiB each at the heatmap's 1024 pixels) the child keeps for the heatmap request
+#: Displays (<= 1 MiB each at the heatmap's 1024 pixels) the child keeps for the heatmap request
 #: that follows the study's decodes; a miss decodes the file again.
 _DISPLAY_CACHE_SIZE = 4
 
@@ -177,6 +178,19 @@ def check_decode_bounds(ds: Dataset, max_pixels: int) -> None:
 
 # --- what runs in the child (or in the calling process with memory_bytes=0) -------------------
 
+
+def gray_levels(unit: np.ndarray) -> np.ndarray:
+    """``unit`` (a [0, 1] image) as uint8 gray levels: ``round(255 * unit)``, clipped to 0..255.
+
+    The heatmap's blend table is indexed by these levels
+    (:func:`dicomnode.results.render.render_heatmap`), so the display sent back from the child in
+    this form draws the same pixels as the float image, at an eighth of the bytes through the pipe.
+    """
+    level = np.multiply(unit, 255.0)
+    np.clip(level, 0.0, 255.0, out=level)
+    return np.rint(level, out=level).astype(np.uint8)
+
+
 _displays: OrderedDict[tuple[Any, ...], DisplayImage] = OrderedDict()
 
 
@@ -198,6 +212,7 @@ def _decode(
     unit = to_unit_image(ds, config)
     del ds  # the encoded pixel data
     display = display_image_of(unit, max_side)
+    display = DisplayImage(gray_levels(display.pixels), display.source_shape)
     tensor = finish_unit_image(unit, config)
     return tensor, display
 
@@ -246,7 +261,8 @@ def decode_tensor(
 def decode_display(
     reader: Reader, path: str, config: PreprocessConfig, max_pixels: int, max_side: int
 ) -> DisplayImage:
-    """The radiograph at ``path`` as the heatmap shows it (kept from :func:`decode_tensor`, or decoded)."""
+    """The radiograph at ``path`` as the heatmap shows it, in :func:`gray_levels` (kept from
+    :func:`decode_tensor`, or decoded)."""
 
     def run() -> DisplayImage:
         cached = _displays.get(_file_key(path, config, max_side))
@@ -409,7 +425,8 @@ class Decoder:
         return self._call(decode_tensor, self.reader, str(path), config, self.limits.max_pixels, max_side)
 
     def display(self, path: str | Path, config: PreprocessConfig, max_side: int) -> DisplayImage:
-        """The heatmap's radiograph of the file at ``path`` (after :meth:`tensor` of the same file)."""
+        """The heatmap's radiograph of the file at ``path`` as uint8 :func:`gray_levels` (after
+        :meth:`tensor` of the same file)."""
         return self._call(decode_display, self.reader, str(path), config, self.limits.max_pixels, max_side)
 
     def header(self, path: str | Path) -> Dataset:
@@ -523,6 +540,7 @@ __all__ = [
     "check_decode_bounds",
     "decode_display",
     "decode_tensor",
+    "gray_levels",
     "image_pixels",
     "read_header",
 ]

@@ -336,7 +336,9 @@ def _unit_of_values(
 class DisplayImage:
     """A radiograph as the heatmap shows it, made where it was decoded so that the full-size image
     need not travel: ``pixels`` is :func:`to_unit_image`'s [0, 1] image shrunk by area averaging to
-    :func:`display_shape`, and ``source_shape`` the (rows, columns) it was shrunk from."""
+    :func:`display_shape` (the decoding child sends it as uint8 gray levels,
+    :func:`dicomnode.model.decode.gray_levels`, which the render takes as they are), and
+    ``source_shape`` the (rows, columns) it was shrunk from."""
 
     pixels: np.ndarray
     source_shape: tuple[int, int]

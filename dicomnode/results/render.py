@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 
+from dicomnode.model.decode import gray_levels
 from dicomnode.model.preprocess import (
     DisplayImage,
     PreprocessConfig,
@@ -99,7 +100,9 @@ def render_heatmap(
     drawn in warning yellow, the rest in white; under them a colour legend from 0 to 1 with a
     white tick at ``threshold``. ``unit`` may come already shrunk, as a
     :class:`~dicomnode.model.preprocess.DisplayImage` made with the same ``max_side`` where the
-    image was decoded (the worker's decoding process): the result is the same.
+    image was decoded (the worker's decoding process), its pixels in [0, 1] or already uint8
+    :func:`~dicomnode.model.decode.gray_levels` (as the decoding process sends them): the result is
+    the same.
     """
     if isinstance(unit, DisplayImage):
         display = unit
@@ -113,7 +116,9 @@ def render_heatmap(
     cam = _as_cam(cam)
     rows, cols = display.source_shape
     out_rows, out_cols = display.pixels.shape
-    gray = display.pixels
+    # the radiograph as 8-bit gray, the blend table's row: sent so by the decoding process
+    sent = isinstance(unit, DisplayImage) and display.pixels.dtype == np.uint8
+    gray = display.pixels if sent else gray_levels(display.pixels)
     if (out_rows, out_cols) == (rows, cols) and cols < MIN_WIDTH:
         k = -(-MIN_WIDTH // cols)
         out_rows, out_cols = rows * k, cols * k
@@ -122,11 +127,8 @@ def render_heatmap(
     banner = _banner(out_cols, lines, threshold)
     pixels = np.empty((banner.shape[0] + out_rows, out_cols, 3), dtype=np.uint8)
     pixels[: banner.shape[0]] = _to_uint8(banner)
-    # (gray level, CAM step) -> RGB: uint32 indices into a 3 MiB table, no float RGB image;
-    # the gray level is _to_uint8 of the gray clipped to [0, 1], in place on one temporary
-    level = np.multiply(gray, 255.0)
-    np.clip(level, 0.0, 255.0, out=level)
-    index = np.rint(level, out=level).astype(np.uint32)
+    # (gray level, CAM step) -> RGB: uint32 indices into a 3 MiB table, no float RGB image
+    index = gray.astype(np.uint32)
     index *= HEAT_LEVELS
     index += np.rint(heat * np.float32(HEAT_LEVELS - 1)).astype(np.uint32)
     np.take(blend_table(), index, axis=0, out=pixels[banner.shape[0] :], mode="clip")

@@ -23,6 +23,7 @@ from dicomnode.model.decode import (
     ImageTooLarge,
     check_decode_bounds,
     decode_tensor,
+    gray_levels,
     image_pixels,
 )
 from dicomnode.model.preprocess import display_image_of, to_unit_image
@@ -32,8 +33,8 @@ from dicomnode.store.models import StudyState
 from dicomnode.store.queries import latest_analysis, study_state
 from dicomnode.testing.hostile import claimed_size_pixel_bomb, header_dataset
 from dicomnode.testing.phantoms import make_phantom
+from tests.support import store_complete_study
 from tests.tiny_model import tiny_card, write_tiny_model
-from tests.unit.test_pipeline import _receive
 from worker.pipeline import Pipeline
 
 MiB = 1 << 20
@@ -94,7 +95,7 @@ def pipeline(tmp_path: Path) -> Pipeline:
 
 def test_a_pixel_bomb_study_is_not_applicable_with_its_reason(pipeline: Pipeline) -> None:
     bomb = claimed_size_pixel_bomb()
-    study_uid = _receive(pipeline, bomb)
+    study_uid = store_complete_study(pipeline, bomb)
 
     outcome = pipeline.analyse_study(study_uid)
 
@@ -111,7 +112,7 @@ def test_the_oversized_instance_is_left_out_and_the_others_analysed(pipeline: Pi
     good = make_phantom(np.random.default_rng(3), True, size=128)
     bomb = claimed_size_pixel_bomb()
     bomb.StudyInstanceUID = good.StudyInstanceUID
-    study_uid = _receive(pipeline, good, bomb)
+    study_uid = store_complete_study(pipeline, good, bomb)
 
     outcome = pipeline.analyse_study(study_uid)
 
@@ -164,7 +165,10 @@ def test_the_pipeline_s_heatmap_is_the_one_drawn_from_the_source(pipeline: Pipel
     finding = Finding(probability=0.7, threshold=card.threshold)
     cam = np.random.default_rng(1).random((7, 7))
     source = pydicom.dcmread(path)
-    assert np.array_equal(display.pixels, display_image_of(to_unit_image(source, config), MAX_SIDE).pixels)
+    # sent as 8-bit gray levels of the float display (tests/unit/test_display_levels.py)
+    assert np.array_equal(
+        display.pixels, gray_levels(display_image_of(to_unit_image(source, config), MAX_SIDE).pixels)
+    )
     a = build_heatmap_sc(source, cam, finding, card)
     b = build_heatmap_sc(pydicom.dcmread(path, defer_size="64 KB"), cam, finding, card, display=display)
     assert a.PixelData == b.PixelData and a.PixelSpacing == b.PixelSpacing
