@@ -175,6 +175,18 @@ POOLED_SOP_CLASSES = (
 )
 
 
+def _request(ae: AE, dest: Destination) -> Association:
+    """``ae``'s association request to ``dest``: TLS per destination (delivery/tls.py; an
+    unreadable PEM file raises, failing the attempt like a peer down) and TCP_NODELAY."""
+    return ae.associate(
+        dest.host,
+        dest.port,
+        ae_title=dest.ae_title,
+        tls_args=client_tls_args(dest),
+        evt_handlers=_HANDLERS,
+    )
+
+
 def _associate(
     dest: Destination,
     calling_ae: str,
@@ -195,14 +207,7 @@ def _associate(
         ae.add_requested_context(uid, ExplicitVRLittleEndian)
         ae.add_requested_context(uid, ImplicitVRLittleEndian)
     try:
-        # TLS per destination (delivery/tls.py); an unreadable PEM file fails the attempt like a peer down
-        assoc = ae.associate(
-            dest.host,
-            dest.port,
-            ae_title=dest.ae_title,
-            tls_args=client_tls_args(dest),
-            evt_handlers=_HANDLERS,
-        )
+        assoc = _request(ae, dest)
     except Exception as exc:  # socket errors etc.
         return f"association failed: {exc}"
     if not assoc.is_established:
@@ -416,14 +421,7 @@ def echo(dest: Destination, *, calling_ae: str, connect_timeout: float = 10.0, t
     ae.connection_timeout = connect_timeout
     ae.add_requested_context(Verification)
     try:
-        # TLS per destination (delivery/tls.py); an unreadable PEM file fails the attempt like a peer down
-        assoc = ae.associate(
-            dest.host,
-            dest.port,
-            ae_title=dest.ae_title,
-            tls_args=client_tls_args(dest),
-            evt_handlers=_HANDLERS,
-        )
+        assoc = _request(ae, dest)
     except Exception:
         return False
     if not assoc.is_established:
