@@ -166,37 +166,52 @@ def analyses_of(store: Store, study_uid: str) -> list[Analysis]:
         )
 
 
+def store_received(
+    store: Store,
+    instances_dir: Path,
+    ds: pydicom.Dataset,
+    data: bytes,
+    *,
+    accession_number: str | None = None,
+) -> Path:
+    """Keep ``data`` (the Part 10 bytes of ``ds``) where the SCP would and record its row as the
+    SCP does (calling AE MODALITY); the file's path."""
+    from dicomnode.storage import instance_path, write_atomic
+    from dicomnode.store.records import InstanceRecord, record_instance
+
+    path = instance_path(instances_dir, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    write_atomic(path, data)
+    record_instance(
+        store,
+        InstanceRecord(
+            study_uid=ds.StudyInstanceUID,
+            series_uid=ds.SeriesInstanceUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            sop_class_uid=ds.SOPClassUID,
+            transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+            modality=ds.Modality,
+            path=str(path),
+            size_bytes=path.stat().st_size,
+            sha256=None,
+            calling_ae="MODALITY",
+            accession_number=accession_number,
+        ),
+    )
+    return path
+
+
 def store_complete_study(p: Pipeline, *datasets: pydicom.Dataset) -> str:
     """Store ``datasets`` as the SCP would (file in place, row in SQL), mark their study complete
     and return its Study Instance UID: a study ready for :meth:`Pipeline.analyse_study`."""
     import io
 
-    from dicomnode.storage import instance_path, write_atomic
     from dicomnode.store.models import StudyState
-    from dicomnode.store.records import InstanceRecord, record_instance, set_study_state
+    from dicomnode.store.records import set_study_state
 
     for ds in datasets:
-        path = instance_path(
-            p.settings.instances_dir, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
-        )
         encoded = io.BytesIO()
         ds.save_as(encoded, enforce_file_format=True)
-        write_atomic(path, encoded.getvalue())
-        record_instance(
-            p.store,
-            InstanceRecord(
-                study_uid=ds.StudyInstanceUID,
-                series_uid=ds.SeriesInstanceUID,
-                sop_instance_uid=ds.SOPInstanceUID,
-                sop_class_uid=ds.SOPClassUID,
-                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-                modality=ds.Modality,
-                path=str(path),
-                size_bytes=path.stat().st_size,
-                sha256=None,
-                calling_ae="MODALITY",
-            ),
-        )
+        store_received(p.store, p.settings.instances_dir, ds, encoded.getvalue())
     study_uid = str(datasets[0].StudyInstanceUID)
     set_study_state(p.store, study_uid, StudyState.COMPLETE, "test")
     return study_uid

@@ -24,13 +24,13 @@ from dicomnode.config import Destination, Settings
 from dicomnode.model import PneumoniaModel
 from dicomnode.ops.audit import AuditFilter, events
 from dicomnode.ops.groundtruth import import_ground_truth
-from dicomnode.storage import instance_path, write_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.models import Study, StudyState, utcnow
-from dicomnode.store.records import InstanceRecord, record_instance, set_study_state
+from dicomnode.store.records import set_study_state
 from dicomnode.testing.phantoms import PhantomStudy, write_phantom_studies
 from dicomnode.web import pages
 from dicomnode.web.app import create_app
+from tests.support import store_received
 from tests.tiny_model import tiny_card, write_tiny_model
 from worker.pipeline import Pipeline
 
@@ -62,23 +62,12 @@ def analyse_phantoms(tmp: Path, database_url: str = "") -> Analysed:
     scores = {}
     for st in studies:
         ds = pydicom.dcmread(st.paths[0])
-        path = instance_path(settings.instances_dir, st.study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        write_atomic(path, st.paths[0].read_bytes())
-        record_instance(
+        store_received(
             store,
-            InstanceRecord(
-                study_uid=st.study_uid,
-                series_uid=ds.SeriesInstanceUID,
-                sop_instance_uid=ds.SOPInstanceUID,
-                sop_class_uid=ds.SOPClassUID,
-                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-                modality=ds.Modality,
-                path=str(path),
-                size_bytes=path.stat().st_size,
-                sha256=None,
-                calling_ae="MODALITY",
-                accession_number=str(ds.AccessionNumber),
-            ),
+            settings.instances_dir,
+            ds,
+            st.paths[0].read_bytes(),
+            accession_number=str(ds.AccessionNumber),
         )
         set_study_state(store, st.study_uid, StudyState.COMPLETE, "test")
         score = pipeline.analyse_study(st.study_uid).score
