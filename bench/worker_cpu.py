@@ -128,10 +128,11 @@ def _instrument(clock: StageClock, pipeline: pipeline_module.Pipeline) -> None:
         clock.wrap(pipeline.decoder, attribute, "decode+preprocess", lambda: _round_trip_cpu(pipeline))
     clock.wrap(pipeline.model, "predict", "inference")
     clock.wrap(sc_module, "render_heatmap", "render")
+    clock.wrap(pipeline.sr_templates, "build", "SR build")  # its encode included
     clock.wrap(pipeline_module, "build_sr", "SR build")
     clock.wrap(pipeline_module, "changed_keywords", "SR build")
     clock.wrap(pipeline_module, "build_heatmap_sc", "SC build")
-    for attribute in ("_encode", "write_atomic"):
+    for attribute in ("encode", "write_atomic"):
         clock.wrap(pipeline_module, attribute, "encode+write")
     for attribute in (
         "start_analysis",

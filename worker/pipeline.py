@@ -9,7 +9,6 @@ delivery and its retries are :mod:`dicomnode.delivery`'s.
 from __future__ import annotations
 
 import functools
-import io
 import socket
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import structlog
 from pydicom import Dataset
 
@@ -37,6 +35,7 @@ from dicomnode.model.decode import (
 from dicomnode.model.selection import Decision, select
 from dicomnode.results import Finding, build_heatmap_sc, build_sr, changed_keywords, result_uids
 from dicomnode.results.render import MAX_SIDE
+from dicomnode.results.sr_template import SRTemplates, encode
 from dicomnode.storage import is_deflated, read_file_meta, read_instance, write_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
@@ -97,12 +96,6 @@ class Prepared:
         return self.started.bound
 
 
-def _encode(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
-
-
 class Pipeline:
     """Everything a worker process needs, created once: settings, store, model."""
 
@@ -118,6 +111,8 @@ class Pipeline:
             DecodeLimits.from_settings(settings),
             reader=functools.partial(read_instance, max_inflated_bytes=settings.max_inflated_bytes),
         )
+        #: the SR of a header shape seen before is filled in, not rebuilt (dicomnode.results.sr_template)
+        self.sr_templates = SRTemplates()
 
     def close(self) -> None:
         """Stop the decoding process (a later study starts another)."""
@@ -361,7 +356,7 @@ class Pipeline:
         if changed:  # once per study, keywords only: the values may be a patient's
             bound.info("results.header_sanitised", attributes=changed)
         sr, sr_bytes, sr_minimal = _build_result(
-            lambda minimal: build_sr(
+            lambda minimal: self.sr_templates.build(
                 sources, finding, card, uids=uids, minimal=minimal, predecessors=predecessors
             ),
             "sr",
@@ -370,8 +365,10 @@ class Pipeline:
         # the radiograph at the heatmap's size, from the decoding process: never decoded here
         display = self.decoder.display(source_paths[best], config, MAX_SIDE)
         sc, sc_bytes, _ = _build_result(
-            lambda minimal: build_heatmap_sc(
-                sources[best], cam, finding, card, uids=uids, minimal=minimal, display=display
+            lambda minimal: _encoded(
+                build_heatmap_sc(
+                    sources[best], cam, finding, card, uids=uids, minimal=minimal, display=display
+                )
             ),
             "sc",
             bound,
@@ -399,9 +396,9 @@ class Pipeline:
 
 
 def _build_result(
-    build: Callable[[bool], Dataset], what: str, bound: structlog.typing.FilteringBoundLogger
+    build: Callable[[bool], tuple[Dataset, bytes]], what: str, bound: structlog.typing.FilteringBoundLogger
 ) -> tuple[Dataset, bytes, bool]:
-    """``build(False)`` and its Part 10 bytes, else the same with ``build(True)``, the minimal header.
+    """``build(False)``, the result and its Part 10 bytes, else ``build(True)``, the minimal header.
 
     The full header is copied from the sources made valid (dicomnode.results.sanitise); should
     highdicom or pydicom still refuse it, the result goes out filed with the patient and study but
@@ -409,12 +406,14 @@ def _build_result(
     result, its bytes and whether it is the minimal one.
     """
     try:
-        result = build(False)
-        return result, _encode(result), False
+        return (*build(False), False)
     except Exception as exc:  # the exception may quote a header value: log its type only
         bound.warning("results.minimal_header", result=what, error=type(exc).__name__)
-        result = build(True)
-        return result, _encode(result), True
+        return (*build(True), True)
+
+
+def _encoded(ds: Dataset) -> tuple[Dataset, bytes]:
+    return ds, encode(ds)
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "SR_SERIES_NUMBER",
     "TRACKING_IDENTIFIER",
     "build_sr",
+    "sr_from_headers",
     "tracking_uid",
 ]
 
@@ -122,8 +123,21 @@ def build_sr(
     check_inputs(finding, card)
     if uids is None:
         uids = result_uids(study_uid, card.version)
-
     headers = [evidence_header(ds, minimal=minimal) for ds in sources]
+    return sr_from_headers(headers, finding, card, uids=uids, enhanced=enhanced, predecessors=predecessors)
+
+
+def sr_from_headers(
+    headers: Sequence[Dataset],
+    finding: Finding,
+    card: ModelCard,
+    *,
+    uids: ResultUIDs,
+    enhanced: bool = False,
+    predecessors: Sequence[Dataset] = (),
+) -> Dataset:
+    """:func:`build_sr` on the sources' :func:`~dicomnode.results.evidence.evidence_header` copies,
+    already made and checked (one study, inputs checked); the SR is a function of these alone."""
     library = [h for h in headers if library_ready(h)]
 
     observer = hd.sr.ObserverContext(
@@ -164,7 +178,7 @@ def build_sr(
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.procedure_reported(len(sources)),
+        procedure_reported=codes.procedure_reported(len(headers)),
         imaging_measurements=[group],
         referenced_images=library or None,
     )

@@ -17,6 +17,7 @@ from sqlalchemy import MetaData, select
 from dicomnode.config import Settings
 from dicomnode.model import PneumoniaModel
 from dicomnode.results import Finding, build_sr, read_sr
+from dicomnode.results.sr_template import encode
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState
 from dicomnode.store.queries import latest_analysis, study_state
@@ -94,10 +95,11 @@ def test_a_result_the_full_header_cannot_make_goes_out_with_the_minimal_header()
     card = tiny_card(threshold=0.5)
     finding = Finding(0.8, card.threshold)
 
-    def build(minimal: bool) -> pydicom.Dataset:
+    def build(minimal: bool) -> tuple[pydicom.Dataset, bytes]:
         if not minimal:  # what highdicom raised on a header it refused, value quoted
             raise ValueError("'DOE^JOHN' is not a valid value")
-        return build_sr([source], finding, card, minimal=True)
+        sr = build_sr([source], finding, card, minimal=True)
+        return sr, encode(sr)
 
     with structlog.testing.capture_logs() as logs:
         sr, encoded, minimal = _build_result(build, "sr", structlog.get_logger().bind())
