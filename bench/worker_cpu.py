@@ -152,6 +152,7 @@ def _instrument(clock: StageClock, pipeline: pipeline_module.Pipeline) -> None:
         "update_analysis",
         "set_study_state",
         "set_delivery_due",
+        "end_round",
         "delivered_objects",
         "attempts_made",
         "first_attempt_at",

@@ -38,6 +38,7 @@ from dicomnode.store.queries import (
     study_state,
 )
 from dicomnode.store.records import (
+    end_round,
     record_delivery_attempt,
     set_delivery_due,
     set_study_state,
@@ -161,46 +162,46 @@ def deliver_results(
     stamps = {"finished_at": now} if finishing else {}
     has_destinations = bool(settings.destinations)
     if not all_ok and next_round is not None and defer is not None:
-        if stamps:
-            update_analysis(store, analysis_id, **stamps)
         # attempts are left: this worker moves on to the next study; a scheduled round goes on
         state = end_state(has_destinations=has_destinations, all_delivered=False, round_scheduled=True)
         budget = f"{policy.budget} attempts" if policy.budget else f"window {policy.window_seconds:g} s"
-        set_study_state(
+        end_round(
             store,
+            analysis_id,
             study_uid,
             state,
             f"{DELIVERY_RETRY_REASON} in {next_round:g} s (budget {budget})",
+            stamps=stamps,
             only_from=(StudyState.ANALYSING, StudyState.ANALYSED),
+            due_at=utcnow() + timedelta(seconds=next_round),
         )
-        set_delivery_due(store, study_uid, utcnow() + timedelta(seconds=next_round))
         log.info("delivery.scheduled", study_uid=study_uid, in_seconds=next_round)
         defer(study_uid, analysis_id, next_round)
         return state
     state = end_state(has_destinations=has_destinations, all_delivered=all_ok, round_scheduled=False)
     if state is StudyState.DELIVERED:
         stamps["delivered_at"] = now
-    if stamps:
-        update_analysis(store, analysis_id, **stamps)
     reason = None
     if state is StudyState.DELIVERY_FAILED:
         reason = (
             "retry budget exhausted (DICOMNODE_DELIVERY_WINDOW_SECONDS / DICOMNODE_DELIVERY_ATTEMPTS); "
             f"re-send with `dicomnode resend {study_uid}`"
         )
-    set_study_state(
+    end_round(
         store,
+        analysis_id,
         study_uid,
         state,
         reason,
+        stamps=stamps,
         only_from=(
             StudyState.ANALYSING,
             StudyState.DELIVERY_FAILED,
             StudyState.DELIVERED,
             StudyState.ANALYSED,
         ),
+        due_at=None,
     )
-    set_delivery_due(store, study_uid, None)
     return state
 
 

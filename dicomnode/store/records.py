@@ -546,6 +546,26 @@ def set_delivery_due(store: Store, study_uid: str, due_at: datetime | None) -> N
         s.execute(update(Study).where(Study.study_uid == study_uid).values(delivery_due_at=due_at))
 
 
+def end_round(
+    store: Store,
+    analysis_id: int,
+    study_uid: str,
+    state: StudyState,
+    reason: str | None,
+    *,
+    stamps: dict[str, Any],
+    only_from: tuple[StudyState, ...],
+    due_at: datetime | None,
+) -> None:
+    """The end of a delivery round in one transaction: the analysis ``stamps`` (finished,
+    delivered), the study's ``state`` (from ``only_from``) and when its next round is due."""
+    with store.session() as s:
+        if stamps:
+            _update_analysis_in(s, analysis_id, stamps)
+        _set_study_state_in(s, study_uid, state, reason, only_from=only_from)
+        s.execute(update(Study).where(Study.study_uid == study_uid).values(delivery_due_at=due_at))
+
+
 def make_deliveries_due(store: Store, study_uids: list[str]) -> int:
     """Bring the pending delivery rounds of these studies forward to now (a destination answers
     again); the number of studies changed."""

@@ -8,12 +8,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from dicomnode.store.db import Store
-from dicomnode.store.models import StudyState, utcnow
+from dicomnode.store.models import Study, StudyState, utcnow
 from dicomnode.store.queries import latest_analysis, study_state
-from dicomnode.store.records import InstanceRecord, end_analysis, record_instance, start_analysis
+from dicomnode.store.records import InstanceRecord, end_analysis, end_round, record_instance, start_analysis
 from dicomnode.testing.phantoms import make_phantom
 from tests.support import store_complete_study
 from tests.unit.test_pipeline import pipeline  # noqa: F401  (the fixture)
@@ -107,3 +107,62 @@ def test_end_analysis_changes_the_row_and_the_study_together(tmp_path: Any) -> N
     assert study_state(store, study_uid) is StudyState.FAILED
     analysis = latest_analysis(store, study_uid)
     assert analysis is not None and analysis.error == "why"
+
+
+def test_a_delivery_round_ends_with_stamps_state_and_due_time_in_one_transaction(tmp_path: Any) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'node.db'}")
+    ds = make_phantom(np.random.default_rng(2), True, size=64)
+    study_uid = str(ds.StudyInstanceUID)
+    record_instance(
+        store,
+        InstanceRecord(
+            study_uid=study_uid,
+            series_uid=ds.SeriesInstanceUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            sop_class_uid=ds.SOPClassUID,
+            transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+            modality="DX",
+            path=str(tmp_path / "x.dcm"),
+            size_bytes=1,
+            sha256=None,
+            calling_ae=None,
+        ),
+    )
+    analysis_id = start_analysis(
+        store, study_uid, model_name="m", model_version="1", queued_at=None, execution="inprocess"
+    )
+    due = utcnow()
+    with _counting(store) as seen:
+        end_round(
+            store,
+            analysis_id,
+            study_uid,
+            StudyState.ANALYSED,
+            "retrying",
+            stamps={"finished_at": due},
+            only_from=(StudyState.ANALYSING,),
+            due_at=due,
+        )
+    assert seen["commits"] == 1
+    assert study_state(store, study_uid) is StudyState.ANALYSED
+    with store.session() as s:
+        study = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one()
+        assert study.state_reason == "retrying" and study.delivery_due_at is not None
+    analysis = latest_analysis(store, study_uid)
+    assert analysis is not None and analysis.finished_at is not None
+    # a study no longer in one of ``only_from`` keeps its state; its due time still follows
+    end_round(
+        store,
+        analysis_id,
+        study_uid,
+        StudyState.DELIVERED,
+        None,
+        stamps={},
+        only_from=(StudyState.FAILED,),
+        due_at=None,
+    )
+    assert study_state(store, study_uid) is StudyState.ANALYSED
+    with store.session() as s:
+        assert (
+            s.execute(select(Study.delivery_due_at).where(Study.study_uid == study_uid)).scalar_one() is None
+        )
