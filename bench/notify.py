@@ -246,6 +246,8 @@ class Run:
     label: str
     seconds: list[float]
     phases: dict[str, list[float]]
+    #: seconds from the first study's last response to the last study's, and to the last SR
+    spans: tuple[float, float] = (0.0, 0.0)
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -317,7 +319,12 @@ def run_node(
     missing = [u for u in sent if u not in sr_at]
     if missing:
         print(f"{label}: {len(missing)} of {len(sent)} studies without an SR at the PACS")
-    return Run(label, sorted(sr_at[u] - sent[u] for u in sent if u in sr_at), phases)
+    t0 = min(sent.values(), default=0.0)  # the first study's last response
+    spans = (
+        max(sent.values(), default=t0) - t0,
+        max((sr_at[u] for u in sent if u in sr_at), default=t0) - t0,
+    )
+    return Run(label, sorted(sr_at[u] - sent[u] for u in sent if u in sr_at), phases, spans)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -402,6 +409,17 @@ def main() -> None:
         print(
             f"{pct(s, 0.5):>7.2f} {pct(s, 0.95):>7.2f} {max(s):>7.2f} {statistics.mean(s):>7.2f}  {'met' if pct(s, 0.95) <= limit else 'NOT met'}"
         )
+        sending, results = burst.spans
+        n = len(s)
+        print(
+            f"studies sent in {sending:.1f} s ({(n - 1) / sending if sending else 0:.1f}/s); their SRs stored "
+            f"within {results:.1f} s of the first study's last response ({n / results if results else 0:.1f} studies/s)"
+        )
+        print(f"{'phase':<34} {'p50 s':>7} {'p95 s':>7}")
+        print("-" * 50)
+        for name, xs in burst.phases.items():
+            xs = sorted(xs)
+            print(f"{name:<34} {pct(xs, 0.5):>7.3f} {pct(xs, 0.95):>7.3f}")
 
 
 if __name__ == "__main__":

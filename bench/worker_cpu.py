@@ -14,9 +14,11 @@ only. onnxruntime and the SCU's association run threads of their own, so the "in
 ``--decode child`` (the default, as the worker's default settings) decodes in the memory-capped
 child process (:class:`dicomnode.model.decode.Decoder`): the "decode+preprocess" row is then this
 process's side of the round trip: the calling thread, plus the CPU clocks of the executor's two
-threads that pickle the call into the pipe and read and unpickle the tensor and the heatmap's
-display from it. The child's own CPU is the "decoding child" row under the table, asked of the
-child between studies. ``--decode inprocess`` (``DICOMNODE_DECODE_MEMORY_BYTES=0``) runs the same
+threads that pickle the call into the pipe and read and unpickle the tensor from it. The heatmap
+SC is drawn, built and encoded in the child too (``dicomnode.results.sc.heatmap_sc_file``): the
+"render" and "SC build" rows are then empty and "SC round trip" is this process's side of that
+call. The child's own CPU is the "decoding child" row under the table, asked of the child between
+studies. ``--decode inprocess`` (``DICOMNODE_DECODE_MEMORY_BYTES=0``) runs the same
 functions in the calling thread.
 
 The target (issue 16) is the worker's CPU per study without inference and delivery; it is printed
@@ -63,7 +65,8 @@ STAGES = (
     "render",
     "SR build",
     "SC build",
-    "encode+write",
+    "SC round trip",
+    "write",
     "SQL",
     "delivery",
     "other",
@@ -131,9 +134,12 @@ def _instrument(clock: StageClock, pipeline: pipeline_module.Pipeline) -> None:
     clock.wrap(pipeline.sr_templates, "build", "SR build")  # its encode included
     clock.wrap(pipeline_module, "build_sr", "SR build")
     clock.wrap(pipeline_module, "changed_keywords", "SR build")
-    clock.wrap(pipeline_module, "build_heatmap_sc", "SC build")
-    for attribute in ("encode", "write_atomic"):
-        clock.wrap(pipeline_module, attribute, "encode+write")
+    clock.wrap(sc_module, "build_heatmap_sc", "SC build")
+    # the heatmap is drawn, built and encoded where the image was decoded: with a child, the
+    # render and SC rows are the child's (its own row), this row the worker's side of the call
+    clock.wrap(pipeline.decoder, "call", "SC round trip", lambda: _round_trip_cpu(pipeline))
+    for attribute in ("write_atomic",):
+        clock.wrap(pipeline_module, attribute, "write")
     for attribute in (
         "start_analysis",
         "update_analysis",

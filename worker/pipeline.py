@@ -9,14 +9,18 @@ delivery and its retries are :mod:`dicomnode.delivery`'s.
 from __future__ import annotations
 
 import functools
+import io
+import os
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import structlog
 from pydicom import Dataset
 
@@ -33,9 +37,11 @@ from dicomnode.model.decode import (
     check_decode_bounds,
 )
 from dicomnode.model.selection import Decision, select
-from dicomnode.results import Finding, build_heatmap_sc, build_sr, changed_keywords, result_uids
+from dicomnode.model.threads import single_blas_thread
+from dicomnode.results import Finding, build_sr, changed_keywords, result_uids
 from dicomnode.results.render import MAX_SIDE
-from dicomnode.results.sr_template import SRTemplates, encode
+from dicomnode.results.sc import heatmap_sc_file
+from dicomnode.results.sr_template import SRTemplates
 from dicomnode.storage import is_deflated, read_file_meta, read_instance, write_atomic
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState, utcnow
@@ -106,6 +112,7 @@ class Pipeline:
         self.store = store
         self.model = model
         self.defer = defer
+        single_blas_thread()  # the CAM products are tiny: spinning BLAS threads only cost CPU
         #: decodes and preprocesses in a memory-limited child process (dicomnode.model.decode)
         self.decoder = Decoder(
             DecodeLimits.from_settings(settings),
@@ -113,10 +120,17 @@ class Pipeline:
         )
         #: the SR of a header shape seen before is filled in, not rebuilt (dicomnode.results.sr_template)
         self.sr_templates = SRTemplates()
+        #: waits for the decoding process's heatmap while the analysing thread builds the SR (made
+        #: in the process that uses it: a forked worker gets its own)
+        self._heatmaps: ThreadPoolExecutor | None = None
+        self._heatmaps_pid = 0
 
     def close(self) -> None:
         """Stop the decoding process (a later study starts another)."""
         self.decoder.close()
+        if self._heatmaps is not None:
+            self._heatmaps.shutdown(wait=True)
+            self._heatmaps = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -351,33 +365,44 @@ class Pipeline:
         config = self.model.preprocess_config
         # the analysed images name the revision: new content, new UIDs; a re-run of the same, the same
         uids = result_uids(study_uid, card.version, [str(ds.SOPInstanceUID) for ds in sources])
-        predecessors = predecessor_srs(self.settings, self.store, study_uid, uids.sr_instance)
-        changed = changed_keywords(sources)
-        if changed:  # once per study, keywords only: the values may be a patient's
-            bound.info("results.header_sanitised", attributes=changed)
-        sr, sr_bytes, sr_minimal = _build_result(
-            lambda minimal: self.sr_templates.build(
-                sources, finding, card, uids=uids, minimal=minimal, predecessors=predecessors
-            ),
-            "sr",
-            bound,
+        # the heatmap is drawn and encoded where the radiograph was decoded (the decoding process),
+        # meanwhile this thread builds and writes the SR
+        if self._heatmaps is None or self._heatmaps_pid != os.getpid():
+            self._heatmaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heatmap")
+            self._heatmaps_pid = os.getpid()
+        heatmap_call = self._heatmaps.submit(
+            self.decoder.call,
+            heatmap_sc_file,
+            self.decoder.reader,
+            source_paths[best],
+            config,
+            self.decoder.limits.max_pixels,
+            MAX_SIDE,
+            sources[best],
+            cam,
+            finding,
+            card,
+            uids,
         )
-        # the radiograph at the heatmap's size, from the decoding process: never decoded here
-        display = self.decoder.display(source_paths[best], config, MAX_SIDE)
-        sc, sc_bytes, _ = _build_result(
-            lambda minimal: _encoded(
-                build_heatmap_sc(
-                    sources[best], cam, finding, card, uids=uids, minimal=minimal, display=display
-                )
-            ),
-            "sc",
-            bound,
-        )
-        paths = []
-        for result, encoded in ((sr, sr_bytes), (sc, sc_bytes)):
-            path = result_file(self.settings, study_uid, str(result.SOPInstanceUID))
-            stored = write_atomic(path, encoded)
-            paths.append(stored.path)
+        try:
+            predecessors = predecessor_srs(self.settings, self.store, study_uid, uids.sr_instance)
+            changed = changed_keywords(sources)
+            if changed:  # once per study, keywords only: the values may be a patient's
+                bound.info("results.header_sanitised", attributes=changed)
+            sr, sr_bytes, sr_minimal = _build_result(
+                lambda minimal: self.sr_templates.build(
+                    sources, finding, card, uids=uids, minimal=minimal, predecessors=predecessors
+                ),
+                "sr",
+                bound,
+            )
+            paths = [write_atomic(result_file(self.settings, study_uid, uids.sr_instance), sr_bytes).path]
+        finally:
+            heatmap = heatmap_call.result()  # never left running: the next study decodes there
+        if heatmap.minimal:
+            bound.warning("results.minimal_header", result="sc", error=heatmap.error)
+        sc = pydicom.dcmread(io.BytesIO(heatmap.data))
+        paths.append(write_atomic(result_file(self.settings, study_uid, uids.sc_instance), heatmap.data).path)
 
         def enhanced(ds: Dataset) -> Dataset | None:
             if ds.SOPInstanceUID == sr.SOPInstanceUID:
@@ -410,10 +435,6 @@ def _build_result(
     except Exception as exc:  # the exception may quote a header value: log its type only
         bound.warning("results.minimal_header", result=what, error=type(exc).__name__)
         return (*build(True), True)
-
-
-def _encoded(ds: Dataset) -> tuple[Dataset, bytes]:
-    return ds, encode(ds)
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -57,6 +57,7 @@ from dicomnode.model.preprocess import (
     finish_unit_image,
     to_unit_image,
 )
+from dicomnode.model.threads import single_blas_thread
 
 T = TypeVar("T")
 
@@ -264,11 +265,16 @@ def decode_display(
     """The radiograph at ``path`` as the heatmap shows it, in :func:`gray_levels` (kept from
     :func:`decode_tensor`, or decoded)."""
 
-    def run() -> DisplayImage:
-        cached = _displays.get(_file_key(path, config, max_side))
-        return cached if cached is not None else _decode(reader, path, config, max_pixels, max_side)[1]
+    return _guard(cached_display, reader, path, config, max_pixels, max_side)
 
-    return _guard(run)
+
+def cached_display(
+    reader: Reader, path: str, config: PreprocessConfig, max_pixels: int, max_side: int
+) -> DisplayImage:
+    """:func:`decode_display` unguarded, for code that runs in the child through
+    :meth:`Decoder.call` (the heatmap, drawn where its radiograph is)."""
+    cached = _displays.get(_file_key(path, config, max_side))
+    return cached if cached is not None else _decode(reader, path, config, max_pixels, max_side)[1]
 
 
 def read_header(reader: Reader, path: str) -> Dataset:
@@ -324,6 +330,7 @@ def _child_start(memory_bytes: int, worker_pid: int, log_level: str, log_format:
     threading.Thread(target=_exit_with, args=(worker_pid,), daemon=True, name="watch-worker").start()
     # every pixel decoder loaded (by the forkserver, else here), so the cap measures an idle child
     # that is ready to decode
+    single_blas_thread()
     for name in _DECODER_MODULES:
         with contextlib.suppress(Exception):
             __import__(name)
@@ -429,6 +436,12 @@ class Decoder:
         :meth:`tensor` of the same file)."""
         return self._call(decode_display, self.reader, str(path), config, self.limits.max_pixels, max_side)
 
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` where this decoder decodes (the child, else this process), within its
+        limits; ``fn`` and its arguments must pickle. For work that needs a decoded image and
+        spares the worker's own process (the heatmap SC, :mod:`dicomnode.results.sc`)."""
+        return self._call(fn, *args)
+
     def header(self, path: str | Path) -> Dataset:
         """The header of a deflated file (see :func:`read_header`), inflated within the bounds."""
         return self._call(read_header, self.reader, str(path))
@@ -457,7 +470,12 @@ class Decoder:
                 max_workers=1,
                 mp_context=_mp_context(),
                 initializer=_child_start,
-                initargs=(self.limits.memory_bytes, os.getpid(), self.limits.log_level, self.limits.log_format),
+                initargs=(
+                    self.limits.memory_bytes,
+                    os.getpid(),
+                    self.limits.log_level,
+                    self.limits.log_format,
+                ),
             )
             self._executor = executor
             self._finalizer = weakref.finalize(self, _shutdown, executor)
@@ -537,6 +555,7 @@ __all__ = [
     "ImageRefused",
     "ImageTooLarge",
     "Reader",
+    "cached_display",
     "check_decode_bounds",
     "decode_display",
     "decode_tensor",

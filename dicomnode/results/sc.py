@@ -10,6 +10,8 @@ longer than :data:`~dicomnode.results.render.MAX_SIDE` pixels are shrunk, those 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
@@ -17,20 +19,24 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomnode.model.card import ModelCard
-from dicomnode.model.preprocess import DisplayImage
+from dicomnode.model.decode import Reader, cached_display
+from dicomnode.model.preprocess import DisplayImage, PreprocessConfig
 from dicomnode.results.equipment import check_inputs, model_equipment
 from dicomnode.results.evidence import chest_orientation, evidence_header
 from dicomnode.results.finding import Finding
+from dicomnode.results.part10 import encode
 from dicomnode.results.render import display_image, render_heatmap
 from dicomnode.results.uids import ResultUIDs, result_uids, series_description
 
 __all__ = [
     "BANNER",
+    "HeatmapFile",
     "SC_SERIES_DESCRIPTION",
     "SC_SERIES_DESCRIPTIONS",
     "SC_SERIES_NUMBER",
     "banner_lines",
     "build_heatmap_sc",
+    "heatmap_sc_file",
 ]
 
 #: First banner line, burned into every heatmap.
@@ -137,6 +143,44 @@ def build_heatmap_sc(
     )
     sc.SourceImageSequence = [_source_reference(source)]
     return sc
+
+
+@dataclass(frozen=True)
+class HeatmapFile:
+    """The heatmap SC as :func:`heatmap_sc_file` made it: its Part 10 bytes, and whether only the
+    minimal header could be copied (``error``: the type of what the full header raised)."""
+
+    data: bytes
+    minimal: bool = False
+    error: str | None = None
+
+
+def heatmap_sc_file(
+    reader: Reader,
+    path: str,
+    config: PreprocessConfig,
+    max_pixels: int,
+    max_side: int,
+    source: Dataset,
+    cam: np.ndarray,
+    finding: Finding,
+    card: ModelCard,
+    uids: ResultUIDs,
+) -> HeatmapFile:
+    """:func:`build_heatmap_sc` over the display of the file at ``path``, encoded; with the
+    minimal header when the full one is refused.
+
+    The worker runs this where the file was decoded (:meth:`dicomnode.model.decode.Decoder.call`):
+    the display is there already, and drawing and encoding the 1024-pixel RGB image there leaves
+    the worker's process, which also receives and delivers, to its other work.
+    """
+    display = cached_display(reader, path, config, max_pixels, max_side)
+    try:
+        sc = build_heatmap_sc(source, cam, finding, card, uids=uids, display=display)
+        return HeatmapFile(encode(sc))
+    except Exception as exc:  # the exception may quote a header value: keep its type only
+        sc = build_heatmap_sc(source, cam, finding, card, uids=uids, minimal=True, display=display)
+        return HeatmapFile(encode(sc), minimal=True, error=type(exc).__name__)
 
 
 def _copy_laterality(source: Dataset, sc: Dataset) -> None:

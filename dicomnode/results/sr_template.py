@@ -45,10 +45,11 @@ from dicomnode.model.card import ModelCard
 from dicomnode.results.equipment import check_inputs
 from dicomnode.results.evidence import evidence_header, same_study
 from dicomnode.results.finding import Finding
+from dicomnode.results.part10 import encode
 from dicomnode.results.sr import sr_from_headers, tracking_uid
 from dicomnode.results.uids import ResultUIDs
 
-__all__ = ["SRTemplates", "encode"]
+__all__ = ["SRTemplates"]
 
 log = structlog.get_logger("results.sr_template")
 
@@ -69,13 +70,6 @@ _LONG_VRS = frozenset(
 )
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-
-
-def encode(ds: Dataset) -> bytes:
-    """``ds`` as a DICOM Part 10 file."""
-    buf = BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
 
 
 # --- where every element lies in Explicit VR Little Endian bytes ------------------------------

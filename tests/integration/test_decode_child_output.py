@@ -1,17 +1,20 @@
 """A study analysed with the decoding child gives the same results as one decoded in the worker.
 
-The child sends the heatmap's radiograph back as 8-bit gray levels (dicomnode.model.decode.gray_levels),
-not as the float image: the SC's pixels and the score must be the same bytes and the same number
-either way, for a radiograph the SC shrinks, one it keeps and one it enlarges.
+The child keeps the heatmap's radiograph as 8-bit gray levels (dicomnode.model.decode.gray_levels)
+and draws, builds and encodes the heatmap SC itself (dicomnode.results.sc.heatmap_sc_file): the
+SC's pixels and the score must be the same bytes and the same number either way, for a radiograph
+the SC shrinks, one it keeps and one it enlarges. Both processes run numpy's BLAS on one thread.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from threadpoolctl import threadpool_info
 
 from dicomnode.config import Settings
 from dicomnode.model import PneumoniaModel
@@ -46,3 +49,23 @@ def test_the_child_and_this_process_give_the_same_sc_pixels_and_score(tmp_path: 
     finally:
         child.close()
         here.close()
+
+
+def _blas_threads(info: list[dict[str, object]]) -> list[object]:
+    return [lib["num_threads"] for lib in info if lib.get("user_api") == "blas"]
+
+
+def test_the_worker_and_its_decoding_child_run_blas_on_one_thread(tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "tiny.onnx", tiny_card(threshold=0.5))
+    child = _pipeline(tmp_path / "child", model)
+    try:
+        outcome = child.analyse_study(
+            store_complete_study(child, make_phantom(np.random.default_rng(4), True, size=300))
+        )
+        assert outcome.result_paths
+        assert child.decoder.call(os.getpid) != os.getpid()  # the call ran in the child
+        here, there = _blas_threads(threadpool_info()), _blas_threads(child.decoder.call(threadpool_info))
+        assert here and set(here) == {1}
+        assert there and set(there) == {1}
+    finally:
+        child.close()

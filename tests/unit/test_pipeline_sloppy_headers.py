@@ -17,7 +17,7 @@ from sqlalchemy import MetaData, select
 from dicomnode.config import Settings
 from dicomnode.model import PneumoniaModel
 from dicomnode.results import Finding, build_sr, read_sr
-from dicomnode.results.sr_template import encode
+from dicomnode.results.part10 import encode
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState
 from dicomnode.store.queries import latest_analysis, study_state

@@ -23,7 +23,8 @@ from pydicom.uid import generate_uid
 import dicomnode.results.sr_template as sr_template
 from dicomnode.model.card import ModelCard
 from dicomnode.results import Finding, build_sr, result_uids
-from dicomnode.results.sr_template import SRTemplates, encode
+from dicomnode.results.part10 import encode
+from dicomnode.results.sr_template import SRTemplates
 from dicomnode.testing.phantoms import make_phantom
 from tests.unit.test_results_sanitise import SLOPPY, as_sent
 from training.image_sets import shared_data_dir
