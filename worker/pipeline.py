@@ -41,6 +41,7 @@ from dicomnode.model.threads import single_blas_thread
 from dicomnode.results import Finding, build_sr, changed_keywords, result_uids
 from dicomnode.results.render import MAX_SIDE
 from dicomnode.results.sc import heatmap_sc_file
+from dicomnode.results.sc import warm_up as warm_up_sc
 from dicomnode.results.sr_template import SRTemplates
 from dicomnode.storage import is_deflated, read_file_meta, read_instance, write_atomic
 from dicomnode.store.db import Store
@@ -117,6 +118,8 @@ class Pipeline:
         self.decoder = Decoder(
             DecodeLimits.from_settings(settings),
             reader=functools.partial(read_instance, max_inflated_bytes=settings.max_inflated_bytes),
+            # the heatmap SC is built there too (heatmap_sc_file): its tables load before the cap
+            warm=functools.partial(warm_up_sc, model.card),
         )
         #: the SR of a header shape seen before is filled in, not rebuilt (dicomnode.results.sr_template)
         self.sr_templates = SRTemplates()

@@ -317,9 +317,15 @@ def _exit_with(pid: int) -> None:
     os._exit(0)
 
 
-def _child_start(memory_bytes: int, worker_pid: int, log_level: str, log_format: str) -> None:
+def _child_start(
+    memory_bytes: int,
+    worker_pid: int,
+    log_level: str,
+    log_format: str,
+    warm: Callable[[], object] | None = None,
+) -> None:
     """Initializer of the decoding child: die with the worker, log as it does (one JSON object a
-    line, values redacted), load the decoders, cap the memory."""
+    line, values redacted), load the decoders and run ``warm``, cap the memory."""
     from dicomnode.logconfig import configure_logging  # here: importing the model loads no structlog
 
     configure_logging(log_level, log_format)
@@ -334,6 +340,13 @@ def _child_start(memory_bytes: int, worker_pid: int, log_level: str, log_format:
     for name in _DECODER_MODULES:
         with contextlib.suppress(Exception):
             __import__(name)
+    if warm is not None:  # tables loaded once per child, not out of one image's budget
+        try:
+            warm()
+        except Exception as exc:  # the first call that needs them loads them instead
+            import structlog
+
+            structlog.get_logger("model.decode").warning("decode.warm_up_failed", error=type(exc).__name__)
     idle = os.sysconf("SC_PAGE_SIZE") * int(Path("/proc/self/statm").read_text().split()[0])
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     cap = idle + memory_bytes
@@ -414,9 +427,18 @@ class Decoder:
     image itself was refused or could not be decoded.
     """
 
-    def __init__(self, limits: DecodeLimits | None = None, *, reader: Reader | None = None) -> None:
+    def __init__(
+        self,
+        limits: DecodeLimits | None = None,
+        *,
+        reader: Reader | None = None,
+        warm: Callable[[], object] | None = None,
+    ) -> None:
         self.limits = limits or DecodeLimits()
         self.reader: Reader = reader or pydicom.dcmread
+        #: run in each new child before its memory is capped (picklable): loads what later calls
+        #: through :meth:`call` need once per child, outside the per-image budget
+        self.warm = warm
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
         self._finalizer: Any = None
@@ -475,6 +497,7 @@ class Decoder:
                     os.getpid(),
                     self.limits.log_level,
                     self.limits.log_format,
+                    self.warm,
                 ),
             )
             self._executor = executor

@@ -16,7 +16,7 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from dicomnode.model.card import ModelCard
 from dicomnode.model.decode import Reader, cached_display
@@ -37,6 +37,7 @@ __all__ = [
     "banner_lines",
     "build_heatmap_sc",
     "heatmap_sc_file",
+    "warm_up",
 ]
 
 #: First banner line, burned into every heatmap.
@@ -181,6 +182,22 @@ def heatmap_sc_file(
     except Exception as exc:  # the exception may quote a header value: keep its type only
         sc = build_heatmap_sc(source, cam, finding, card, uids=uids, minimal=True, display=display)
         return HeatmapFile(encode(sc), minimal=True, error=type(exc).__name__)
+
+
+def warm_up(card: ModelCard) -> None:
+    """Build one small heatmap SC and drop it: highdicom's tables of the standard (about 100 MB
+    once parsed) and the blend table are then loaded in this process. The decoding process runs
+    this before its memory is capped (``Decoder(warm=...)``), so an image's budget
+    (DICOMNODE_DECODE_MEMORY_BYTES) is the image's alone."""
+    source = Dataset()
+    source.SOPClassUID = DigitalXRayImageStorageForPresentation
+    source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID = (generate_uid() for _ in range(3))
+    source.Modality = "DX"
+    source.Rows = source.Columns = 8
+    source.SamplesPerPixel = 1
+    source.PhotometricInterpretation = "MONOCHROME2"
+    display = DisplayImage(np.zeros((8, 8), np.uint8), (8, 8))
+    build_heatmap_sc(source, np.zeros((2, 2)), Finding(card.threshold, card.threshold), card, display=display)
 
 
 def _copy_laterality(source: Dataset, sc: Dataset) -> None:

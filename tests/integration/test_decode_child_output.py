@@ -69,3 +69,18 @@ def test_the_worker_and_its_decoding_child_run_blas_on_one_thread(tmp_path: Path
         assert there and set(there) == {1}
     finally:
         child.close()
+
+
+def test_the_smallest_decode_budget_still_draws_the_heatmap(tmp_path: Path) -> None:
+    # highdicom's tables (about 100 MB once parsed) load before the child's cap, not out of it
+    model = write_tiny_model(tmp_path / "tiny.onnx", tiny_card(threshold=0.5))
+    small = _pipeline(tmp_path / "small", model, decode_memory_bytes=64 << 20)
+    try:
+        outcome = small.analyse_study(
+            store_complete_study(small, make_phantom(np.random.default_rng(5), True, size=256))
+        )
+        assert outcome.reason is None and len(outcome.result_paths) == 2
+        sc = pydicom.dcmread(outcome.result_paths[1])
+        assert sc.Modality == "OT" and sc.SamplesPerPixel == 3
+    finally:
+        small.close()
