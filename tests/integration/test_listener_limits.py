@@ -386,13 +386,9 @@ def _thread_cpu_seconds(stat_fd: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_accept_loop_backs_off_when_out_of_file_descriptors(
-    tmp_path: Path, node_factory: Callable[[Settings], Node], logs: list[dict[str, Any]]
-) -> None:
-    node = _node(tmp_path, node_factory)
-    assert node._server is not None and node._server._thread is not None
-    accept_thread = node._server._thread.native_id
-    stat_fd = os.open(f"/proc/self/task/{accept_thread}/stat", os.O_RDONLY)
+def _at_descriptor_limit(port: int, stat_fd: int) -> float:
+    """Connect to ``port`` with every descriptor of this process in use; the CPU seconds the
+    accept thread (its ``/proc`` stat open as ``stat_fd``) spends in the next 1.5 s."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     client = socket.socket()  # made before the limit: connecting it needs no new descriptor
     fillers: list[int] = []
@@ -404,15 +400,33 @@ def test_accept_loop_backs_off_when_out_of_file_descriptors(
                 fillers.append(os.open(os.devnull, os.O_RDONLY))
             except OSError:
                 break
-        client.connect(("127.0.0.1", node.port))  # waits in the backlog, the listener readable
+        client.connect(("127.0.0.1", port))  # waits in the backlog, the listener readable
         before = _thread_cpu_seconds(stat_fd)
         time.sleep(1.5)
-        spent = _thread_cpu_seconds(stat_fd) - before
+        return _thread_cpu_seconds(stat_fd) - before
     finally:
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         client.close()
+
+
+def test_accept_loop_backs_off_when_out_of_file_descriptors(
+    tmp_path: Path, node_factory: Callable[[Settings], Node], logs: list[dict[str, Any]]
+) -> None:
+    node = _node(tmp_path, node_factory)
+    assert node._server is not None and node._server._thread is not None
+    accept_thread = node._server._thread.native_id
+    stat_fd = os.open(f"/proc/self/task/{accept_thread}/stat", os.O_RDONLY)
+    try:
+        # another thread of this test process (an earlier test's idle association or decoding
+        # child winding down) may close a descriptor meanwhile, and the accept then succeeds:
+        # measure again, at most three times, until the node met the limit
+        for _ in range(3):
+            spent = _at_descriptor_limit(node.port, stat_fd)
+            if any(e["event"] == "listener.accept_failed" for e in logs):
+                break
+    finally:
         os.close(stat_fd)
     assert spent < 0.4, f"the accept loop used {spent:.2f} s of CPU in 1.5 s at the descriptor limit"
     failed = [e for e in logs if e["event"] == "listener.accept_failed"]
