@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,15 +35,18 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 
-from dicomnode.config import Destination
-from dicomnode.delivery import sender
-from dicomnode.delivery.pool import POOL
-from dicomnode.delivery.sender import send_once
-from dicomnode.logconfig import configure_logging
-from dicomnode.model.card import ModelCard
-from dicomnode.model.preprocess import PreprocessConfig
-from dicomnode.results import Finding, build_heatmap_sc, build_sr
-from dicomnode.testing.phantoms import make_phantom
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
+
+from dicomnode.config import Destination  # noqa: E402
+from dicomnode.delivery import sender  # noqa: E402
+from dicomnode.delivery.pool import POOL  # noqa: E402
+from dicomnode.delivery.sender import send_once  # noqa: E402
+from dicomnode.logconfig import configure_logging  # noqa: E402
+from dicomnode.model.card import ModelCard  # noqa: E402
+from dicomnode.model.preprocess import PreprocessConfig  # noqa: E402
+from dicomnode.results import Finding, build_heatmap_sc, build_sr  # noqa: E402
+from dicomnode.testing.phantoms import make_phantom  # noqa: E402
+from tests.support import free_port, listening  # noqa: E402
 
 CALLING = "BENCH"
 
@@ -116,7 +118,7 @@ def _storescp(binary: str, port: int, tls: tuple[Path, Path] | None) -> subproce
         argv += ["+tls", str(tls[1]), str(tls[0]), "-ic"]
     proc = subprocess.Popen(argv + [str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
-    while not _listening(port):
+    while not listening(port):
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             sys.exit(f"storescp did not start listening: {' '.join(argv)}")
@@ -138,17 +140,6 @@ def _self_signed(out: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--studies", type=int, default=20, help="K: studies per run (default 20)")
@@ -166,7 +157,7 @@ def main() -> None:
         root = Path(tmp)
         (root / "results").mkdir()
         (root / "pacs").mkdir()
-        port = _free_port()
+        port = free_port()
         scps = [_storescp(binary, port, None)]
         try:
             dest = Destination("PACS", "127.0.0.1", port)
@@ -183,7 +174,7 @@ def main() -> None:
             ]
             if args.tls:
                 cert, key = _self_signed(root)
-                tls_port = _free_port()
+                tls_port = free_port()
                 scps.append(_storescp(binary, tls_port, (cert, key)))
                 tls = Destination(
                     "PACS", "127.0.0.1", tls_port, tls=True, tls_ca=cert, tls_server_name="localhost"

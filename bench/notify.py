@@ -34,9 +34,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -51,15 +51,18 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 from sqlalchemy import select
 
-from dicomnode.config import Destination, Settings
-from dicomnode.logconfig import configure_logging
-from dicomnode.node import Node
-from dicomnode.store.models import Analysis, Study
-from dicomnode.store.queries import as_utc
-from dicomnode.testing.pacs import Received, Receiver
-from dicomnode.testing.phantoms import PhantomStudy, write_phantom_studies
-from training.demo import ensure_demo_model
-from worker.runners import make_runner
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
+
+from dicomnode.config import Destination, Settings  # noqa: E402
+from dicomnode.logconfig import configure_logging  # noqa: E402
+from dicomnode.node import Node  # noqa: E402
+from dicomnode.store.models import Analysis, Study  # noqa: E402
+from dicomnode.store.queries import as_utc  # noqa: E402
+from dicomnode.testing.pacs import Received, Receiver  # noqa: E402
+from dicomnode.testing.phantoms import PhantomStudy, write_phantom_studies  # noqa: E402
+from tests.support import free_port, listening  # noqa: E402
+from training.demo import ensure_demo_model  # noqa: E402
+from worker.runners import make_runner  # noqa: E402
 
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
@@ -116,17 +119,6 @@ def send_study_storescu(paths: list[Path], port: int) -> float:
     return exited
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 class Pacs(Protocol):
     """What run_node needs of a PACS: its port, and the objects stored once ``count`` arrived."""
 
@@ -178,7 +170,7 @@ class StorescpPacs:
 def storescp_pacs(out_dir: Path) -> Iterator[StorescpPacs]:
     """Start ``storescp`` as BENCHPACS on a free port, writing to ``out_dir``; kill it on the way out."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     # --fork: a child per association, as a PACS serves the node's kept-open delivery association
     # and a second one at once; the single-process default would queue the second behind the first.
     argv = ["storescp", "--fork", "-aet", "BENCHPACS", "-od", str(out_dir), "+xa", "-pdu", str(DCMTK_MAX_PDU)]
@@ -187,7 +179,7 @@ def storescp_pacs(out_dir: Path) -> Iterator[StorescpPacs]:
         proc = subprocess.Popen([*argv, str(port)], env=_dcmtk_env(), stdout=log_fh, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
-        while not _listening(port):
+        while not listening(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"storescp did not listen on port {port} ({' '.join(argv)} {port}): "
@@ -332,6 +324,15 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
+def print_phases(phases: dict[str, list[float]]) -> None:
+    """The table of where the time went: p50 and p95 of each phase."""
+    print(f"{'phase':<34} {'p50 s':>7} {'p95 s':>7}")
+    print("-" * 50)
+    for name, xs in phases.items():
+        xs = sorted(xs)
+        print(f"{name:<34} {pct(xs, 0.5):>7.3f} {pct(xs, 0.95):>7.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--studies", type=int, default=20, help="studies per mode (plus one warm-up)")
@@ -396,11 +397,7 @@ def main() -> None:
     print(
         f"where the time goes, completion on release (from the node's SQL stamps), {len(fast.seconds)} studies"
     )
-    print(f"{'phase':<34} {'p50 s':>7} {'p95 s':>7}")
-    print("-" * 50)
-    for name, xs in fast.phases.items():
-        xs = sorted(xs)
-        print(f"{name:<34} {pct(xs, 0.5):>7.3f} {pct(xs, 0.95):>7.3f}")
+    print_phases(fast.phases)
     if burst is not None and burst.seconds:
         limit = defaults.quiet_seconds + 3
         print(f"\n{burst.label} studies back to back, one analysis thread, node defaults")
@@ -415,11 +412,7 @@ def main() -> None:
             f"studies sent in {sending:.1f} s ({(n - 1) / sending if sending else 0:.1f}/s); their SRs stored "
             f"within {results:.1f} s of the first study's last response ({n / results if results else 0:.1f} studies/s)"
         )
-        print(f"{'phase':<34} {'p50 s':>7} {'p95 s':>7}")
-        print("-" * 50)
-        for name, xs in burst.phases.items():
-            xs = sorted(xs)
-            print(f"{name:<34} {pct(xs, 0.5):>7.3f} {pct(xs, 0.95):>7.3f}")
+        print_phases(burst.phases)
 
 
 if __name__ == "__main__":

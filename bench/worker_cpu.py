@@ -36,9 +36,10 @@ import dataclasses
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -190,14 +191,8 @@ def _receive(settings: Settings, store: Store, paths: list[Path]) -> str:
     return study_uid
 
 
-def _round_trip_cpu(pipeline: pipeline_module.Pipeline) -> float:
-    """CPU seconds so far of the decoder's executor threads: the feeder that pickles calls into
-    the pipe and the manager that reads and unpickles the results (0 without a child)."""
-    executor = pipeline.decoder._executor
-    if executor is None:
-        return 0.0
-    call_queue = getattr(executor, "_call_queue", None)
-    threads = (getattr(executor, "_executor_manager_thread", None), getattr(call_queue, "_thread", None))
+def _threads_cpu(threads: Iterable[threading.Thread | None]) -> float:
+    """CPU seconds so far of the live ``threads`` (None and ended ones count 0)."""
     seconds = 0.0
     for thread in threads:
         if thread is not None and thread.ident is not None and thread.is_alive():
@@ -206,16 +201,23 @@ def _round_trip_cpu(pipeline: pipeline_module.Pipeline) -> float:
     return seconds
 
 
+def _round_trip_cpu(pipeline: pipeline_module.Pipeline) -> float:
+    """CPU seconds so far of the decoder's executor threads: the feeder that pickles calls into
+    the pipe and the manager that reads and unpickles the results (0 without a child)."""
+    executor = pipeline.decoder._executor
+    if executor is None:
+        return 0.0
+    call_queue = getattr(executor, "_call_queue", None)
+    return _threads_cpu(
+        (getattr(executor, "_executor_manager_thread", None), getattr(call_queue, "_thread", None))
+    )
+
+
 def _heatmap_thread_cpu(pipeline: pipeline_module.Pipeline) -> float:
     """CPU seconds so far of the thread that has the heatmap SC made while the analysing thread
     builds the SR (in the decoding child: this side of the call; in-process: all of it)."""
     executor = pipeline._heatmaps
-    seconds = 0.0
-    for thread in getattr(executor, "_threads", ()) if executor is not None else ():
-        if thread.ident is not None and thread.is_alive():
-            with contextlib.suppress(OSError):
-                seconds += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-    return seconds
+    return _threads_cpu(getattr(executor, "_threads", ()) if executor is not None else ())
 
 
 def _child_cpu(pipeline: pipeline_module.Pipeline) -> float:

@@ -101,6 +101,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on loopback ``port`` now."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, *, poll: float = 0.1) -> None:
     """Poll ``pred`` until it is true; fail the test naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

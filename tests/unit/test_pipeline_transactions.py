@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import event, select
 
+from dicomnode.results.part10 import encode
 from dicomnode.store.db import Store
 from dicomnode.store.models import Study, StudyState, utcnow
 from dicomnode.store.queries import latest_analysis, study_state
-from dicomnode.store.records import InstanceRecord, end_analysis, end_round, record_instance, start_analysis
+from dicomnode.store.records import end_analysis, end_round, start_analysis
 from dicomnode.testing.phantoms import make_phantom
-from tests.support import store_complete_study
+from tests.support import store_complete_study, store_received
 from tests.unit.test_pipeline import pipeline  # noqa: F401  (the fixture)
 from worker.pipeline import Pipeline
 
@@ -80,21 +81,7 @@ def test_a_delivered_study_writes_its_finding_and_results_to_the_analysis_row_at
 def test_end_analysis_changes_the_row_and_the_study_together(tmp_path: Any) -> None:
     store = Store(f"sqlite:///{tmp_path / 'node.db'}")
     ds = make_phantom(np.random.default_rng(1), True, size=64)
-    record_instance(
-        store,
-        InstanceRecord(
-            study_uid=ds.StudyInstanceUID,
-            series_uid=ds.SeriesInstanceUID,
-            sop_instance_uid=ds.SOPInstanceUID,
-            sop_class_uid=ds.SOPClassUID,
-            transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-            modality="DX",
-            path=str(tmp_path / "x.dcm"),
-            size_bytes=1,
-            sha256=None,
-            calling_ae=None,
-        ),
-    )
+    store_received(store, tmp_path / "instances", ds, encode(ds))
     study_uid = str(ds.StudyInstanceUID)
     analysis_id = start_analysis(
         store, study_uid, model_name="m", model_version="1", queued_at=None, execution="inprocess"
@@ -113,21 +100,7 @@ def test_a_delivery_round_ends_with_stamps_state_and_due_time_in_one_transaction
     store = Store(f"sqlite:///{tmp_path / 'node.db'}")
     ds = make_phantom(np.random.default_rng(2), True, size=64)
     study_uid = str(ds.StudyInstanceUID)
-    record_instance(
-        store,
-        InstanceRecord(
-            study_uid=study_uid,
-            series_uid=ds.SeriesInstanceUID,
-            sop_instance_uid=ds.SOPInstanceUID,
-            sop_class_uid=ds.SOPClassUID,
-            transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-            modality="DX",
-            path=str(tmp_path / "x.dcm"),
-            size_bytes=1,
-            sha256=None,
-            calling_ae=None,
-        ),
-    )
+    store_received(store, tmp_path / "instances", ds, encode(ds))
     analysis_id = start_analysis(
         store, study_uid, model_name="m", model_version="1", queued_at=None, execution="inprocess"
     )
