@@ -40,6 +40,7 @@ from dicomnode.model.selection import Decision, select
 from dicomnode.model.threads import single_blas_thread
 from dicomnode.results import Finding, build_sr, changed_keywords, result_uids
 from dicomnode.results.render import MAX_SIDE
+from dicomnode.results.sanitise import full_or_minimal
 from dicomnode.results.sc import heatmap_sc_file
 from dicomnode.results.sc import warm_up as warm_up_sc
 from dicomnode.results.sr_template import SRTemplates
@@ -426,18 +427,17 @@ class Pipeline:
 def _build_result(
     build: Callable[[bool], tuple[Dataset, bytes]], what: str, bound: structlog.typing.FilteringBoundLogger
 ) -> tuple[Dataset, bytes, bool]:
-    """``build(False)``, the result and its Part 10 bytes, else ``build(True)``, the minimal header.
+    """``build(False)``, the result and its Part 10 bytes, else ``build(True)``, the minimal header
+    (:func:`dicomnode.results.sanitise.full_or_minimal`), logged; and whether it is the minimal one.
 
     The full header is copied from the sources made valid (dicomnode.results.sanitise); should
     highdicom or pydicom still refuse it, the result goes out filed with the patient and study but
-    without their optional attributes, rather than the study failing after inference. Returns the
-    result, its bytes and whether it is the minimal one.
+    without their optional attributes, rather than the study failing after inference.
     """
-    try:
-        return (*build(False), False)
-    except Exception as exc:  # the exception may quote a header value: log its type only
-        bound.warning("results.minimal_header", result=what, error=type(exc).__name__)
-        return (*build(True), True)
+    (result, data), error = full_or_minimal(
+        build, lambda error: bound.warning("results.minimal_header", result=what, error=error)
+    )
+    return result, data, error is not None
 
 
 def failure_reason(exc: BaseException) -> str:

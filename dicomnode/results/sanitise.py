@@ -40,7 +40,8 @@ from __future__ import annotations
 import copy
 import datetime
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import highdicom as hd
 from pydicom import DataElement, Dataset
@@ -48,7 +49,7 @@ from pydicom.datadict import dictionary_VM, tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, DT, MAX_VALUE_LEN, TM, format_number_as_ds
 
-__all__ = ["MINIMAL_KEYWORDS", "RESULT_KEYWORDS", "changed_keywords", "sanitised_copy"]
+__all__ = ["MINIMAL_KEYWORDS", "RESULT_KEYWORDS", "changed_keywords", "full_or_minimal", "sanitised_copy"]
 
 #: What the SR's evidence, image library and source references and the SC's reference read:
 #: identity, image geometry and the view (highdicom TID 1601-1604, dicomnode.results.evidence).
@@ -343,3 +344,22 @@ def _is_ascii(value: object) -> bool:
     if isinstance(value, (MultiValue, list, tuple)):
         return all(_is_ascii(v) for v in value)
     return value is None or str(value).isascii()
+
+
+T = TypeVar("T")
+
+
+def full_or_minimal(
+    build: Callable[[bool], T], on_refused: Callable[[str], object] | None = None
+) -> tuple[T, str | None]:
+    """``build(False)``, the result with the full header; should highdicom or pydicom still refuse
+    the header, ``build(True)``, filed with the patient and study only, and the type of what the
+    full one raised (never its text: it may quote a header value), which ``on_refused`` is given
+    before the minimal build."""
+    try:
+        return build(False), None
+    except Exception as exc:
+        error = type(exc).__name__
+        if on_refused is not None:
+            on_refused(error)
+        return build(True), error

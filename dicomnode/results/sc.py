@@ -26,6 +26,7 @@ from dicomnode.results.evidence import chest_orientation, evidence_header
 from dicomnode.results.finding import Finding
 from dicomnode.results.part10 import encode
 from dicomnode.results.render import display_image, render_heatmap
+from dicomnode.results.sanitise import full_or_minimal
 from dicomnode.results.uids import ResultUIDs, result_uids, series_description
 
 __all__ = [
@@ -176,12 +177,12 @@ def heatmap_sc_file(
     the worker's process, which also receives and delivers, to its other work.
     """
     display = cached_display(reader, path, config, max_pixels, max_side)
-    try:
-        sc = build_heatmap_sc(source, cam, finding, card, uids=uids, display=display)
-        return HeatmapFile(encode(sc))
-    except Exception as exc:  # the exception may quote a header value: keep its type only
-        sc = build_heatmap_sc(source, cam, finding, card, uids=uids, minimal=True, display=display)
-        return HeatmapFile(encode(sc), minimal=True, error=type(exc).__name__)
+    data, error = full_or_minimal(
+        lambda minimal: encode(
+            build_heatmap_sc(source, cam, finding, card, uids=uids, minimal=minimal, display=display)
+        )
+    )
+    return HeatmapFile(data, minimal=error is not None, error=error)
 
 
 def warm_up(card: ModelCard) -> None:
@@ -191,7 +192,9 @@ def warm_up(card: ModelCard) -> None:
     (DICOMNODE_DECODE_MEMORY_BYTES) is the image's alone."""
     source = Dataset()
     source.SOPClassUID = DigitalXRayImageStorageForPresentation
-    source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID = (generate_uid() for _ in range(3))
+    source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID = (
+        generate_uid() for _ in range(3)
+    )
     source.Modality = "DX"
     source.Rows = source.Columns = 8
     source.SamplesPerPixel = 1
