@@ -164,14 +164,14 @@ class _Sentinels:
         self.text: dict[str, tuple[int, str]] = {}  # sentinel text -> (slot number, kind)
         self.numbers: dict[float, int] = {}  # sentinel number -> slot number
 
-    def slot(self, vr: str, value: Any) -> tuple[int, Any]:
-        """(slot number, sentinel) of ``value``, a text or one number."""
+    def slot(self, vr: str, value: Any) -> int:
+        """The slot number of ``value``, a text or one number."""
         key = (vr, str(value) if vr in _TEXT_SLOTS or vr == "DS" else value)
         n = self._by_value.get(key)
         if n is None:
             n = self._by_value[key] = len(self.values)
             self.values.append(value)
-        return n, self.sentinel(vr, n)
+        return n
 
     def sentinel(self, vr: str, n: int) -> Any:
         """The stand-in of slot ``n`` for a value of ``vr``, registered to be looked for."""
@@ -229,7 +229,7 @@ def _shape_of(ds: Dataset, sentinels: _Sentinels | None) -> tuple[Any, ...]:
         else:
             assert sentinels is not None
             many = isinstance(elem.value, (MultiValue, list, tuple))
-            shape.append((elem.tag, elem.VR, many, tuple(sentinels.slot(elem.VR, v)[0] for v in values)))
+            shape.append((elem.tag, elem.VR, many, tuple(sentinels.slot(elem.VR, v) for v in values)))
     return tuple(shape)
 
 
@@ -258,7 +258,8 @@ def _replace(ds: Dataset, sentinels: _Sentinels) -> None:
             continue
         values = _slots_of(elem)
         if values is not None:
-            stand_ins = [sentinels.slot(elem.VR, v)[1] for v in values]
+            # made only for a template: the shape of every study needs the slot numbers alone
+            stand_ins = [sentinels.sentinel(elem.VR, sentinels.slot(elem.VR, v)) for v in values]
             elem.value = stand_ins if isinstance(elem.value, (MultiValue, list, tuple)) else stand_ins[0]
 
 
