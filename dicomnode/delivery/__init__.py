@@ -2,7 +2,9 @@
 
 - :mod:`~dicomnode.delivery.sender`: one attempt, the result objects to one destination over one
   C-STORE association; :mod:`~dicomnode.delivery.pool` keeps that association open for the next
-  study to the same destination (``DICOMNODE_DELIVERY_IDLE_RELEASE_SECONDS``).
+  study to the same destination (``DICOMNODE_DELIVERY_IDLE_RELEASE_SECONDS``);
+  :mod:`~dicomnode.delivery.checkpoint` makes pynetdicom's pause of an association's own thread
+  hold, so a send on a reused association never loses its answer to that thread.
 - :mod:`~dicomnode.delivery.stow`: the same attempt to a ``stow+https://`` destination, one
   DICOMweb STOW-RS POST, and its reachability check (a QIDO-RS query instead of a C-ECHO).
 - :mod:`~dicomnode.delivery.retry`: the retry policy (attempt budget, backoff, inline and

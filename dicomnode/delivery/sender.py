@@ -35,6 +35,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import EventHandlerType
 
 from dicomnode.config import Destination
+from dicomnode.delivery import checkpoint
 from dicomnode.delivery.pool import PARKED_POLL_SECONDS, POOL, PoolKey, close_association
 from dicomnode.delivery.tls import client_tls_args
 
@@ -89,7 +90,11 @@ class _DUL(DULServiceProvider):
     False``), so a connect to a host that drops SYNs holds the interpreter's exit until its
     connection timeout, after SIGTERM. Ours are daemons: a delivery cut short at shutdown is due
     again at the next start (``studies.delivery_due_at``), so nothing is lost by not waiting. Other
-    AEs in the process (``dicomnode push``, the test PACS) keep pynetdicom's behaviour."""
+    AEs in the process (``dicomnode push``, the test PACS) keep pynetdicom's behaviour there.
+
+    Every association of the process gets a pause of its reactor that holds
+    (:mod:`dicomnode.delivery.checkpoint`): without it a send on a reused association can lose its
+    answer to the reactor and wait out its DIMSE timeout."""
 
     def __init__(self, assoc: Association) -> None:
         self._awake = threading.Event()  # cleared while parked (dicomnode.delivery.pool)
@@ -101,6 +106,12 @@ class _DUL(DULServiceProvider):
 
     # pynetdicom's loop sleeps ``_run_loop_delay`` between looks at the socket when idle: a parked
     # association waits here instead, woken at once when it is taken out again
+    def run(self) -> None:
+        # the association's thread runs only once this one has negotiated: nothing uses its
+        # checkpoint yet (delivery/checkpoint.py)
+        checkpoint.install(self.assoc)
+        super().run()
+
     @property  # type: ignore[override]
     def _run_loop_delay(self) -> float:
         if not self._awake.is_set():
