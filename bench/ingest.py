@@ -55,14 +55,6 @@ DCMTK_ENV = dict(os.environ, TCP_NODELAY="1")
 N_CT, N_DX = 200, 50
 #: ``python -m dicomnode`` with the C-STORE handler given a :class:`dicomnode.storage.GroupCommit`
 #: (associations share flushes in user space), for ``--group-commit``
-GROUPED = (
-    "import runpy, dicomnode.receive.handler as h; from dicomnode.storage import GroupCommit; "
-    "init = h.StoreHandler.__init__; "
-    "h.StoreHandler.__init__ = lambda self, *a, **k: init(self, *a, group_commit=GroupCommit(), **k); "
-    "runpy.run_module('dicomnode', run_name='__main__', alter_sys=True)"
-)
-
-
 # --------------------------------------------------------------------------------------------
 # workload
 
@@ -159,7 +151,11 @@ class Receiver:
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "stderr.log", "wb")
         )
-        _wait_echo(self.port, self.aec, self.proc)
+        try:
+            _wait_echo(self.port, self.aec, self.proc)
+        except RuntimeError as exc:
+            tail = (self.workdir / "stderr.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.name}: {exc}; its stderr ends:\n{tail}") from exc
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -225,7 +221,7 @@ class DicomNode(Receiver):
             env["DICOMNODE_MODEL"] = str(self.model)
         env.update({f"DICOMNODE_{k.upper()}": v for k, v in self.extra.items()})
         if self.grouped:
-            return [sys.executable, "-c", GROUPED, "serve"], env
+            env["DICOMNODE_GROUP_COMMIT"] = "true"
         return [sys.executable, "-m", "dicomnode", "serve"], env
 
     def received(self) -> int:
