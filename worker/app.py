@@ -15,6 +15,31 @@ from celery.signals import setup_logging
 from dicomnode.config import Settings, load_settings
 from dicomnode.logconfig import configure_logging
 
+#: Task priorities on a Redis broker, where 0 is taken first: kombu keeps a queue's priority steps
+#: 0, 3, 6 and 9 in lists of their own and a worker pops from the lowest step first. A study's
+#: delivery so goes before the analyses waiting: in a burst its results leave when a worker is next
+#: free, not after every analysis queued behind it (bench/e2e_celery.py).
+DELIVERY_PRIORITY = 0
+ANALYSIS_PRIORITY = 3
+
+
+def redis_lists(queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s tasks: kombu keeps priority step 0 under the queue's
+    name and steps 3, 6 and 9 under ``<queue>\\x06\\x16<step>``."""
+    return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+
+
+def _routes(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Queue (and on Redis, priority) of each task, wherever it is sent from."""
+    analysis: dict[str, Any] = {"queue": settings.queue}
+    delivery: dict[str, Any] = {"queue": settings.delivery_queue or settings.queue}
+    # other brokers order priorities their own way (AMQP: higher first, only on queues declared
+    # with x-max-priority): left as they come there
+    if (settings.broker_url or "").startswith(("redis://", "rediss://")):
+        analysis["priority"] = ANALYSIS_PRIORITY
+        delivery["priority"] = DELIVERY_PRIORITY
+    return {"dicomnode.analyse_study": analysis, "dicomnode.deliver_results": delivery}
+
 
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured from our settings."""
@@ -44,10 +69,7 @@ def make_celery(settings: Settings) -> Celery:
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(settings.task_time_limit - 30, settings.task_time_limit * 0.9),
-        task_routes={
-            "dicomnode.analyse_study": {"queue": settings.queue},
-            "dicomnode.deliver_results": {"queue": settings.delivery_queue or settings.queue},
-        },
+        task_routes=_routes(settings),
         worker_hijack_root_logger=False,
         # Task events (sent, started, succeeded, failed) for Flower and `celery events`: Flower
         # shows a study task from the moment it is queued, not only once it has switched events

@@ -370,9 +370,14 @@ class CeleryRunner:
             if url.startswith(("redis://", "rediss://")):
                 import redis
 
+                from worker.app import redis_lists
+
                 client = redis.Redis.from_url(url, socket_timeout=t, socket_connect_timeout=t)
                 try:
-                    waiting = int(client.llen(self.settings.queue))
+                    pipe = client.pipeline()
+                    for key in redis_lists(self.settings.queue):
+                        pipe.llen(key)
+                    waiting = int(sum(pipe.execute()))
                 finally:
                     client.close()
             else:
