@@ -3,9 +3,12 @@
     .venv/bin/python bench/e2e_celery.py                     # 100 single-image studies, 1 worker
     .venv/bin/python bench/e2e_celery.py --workers 2 --pg postgresql+psycopg://postgres@127.0.0.1/test
 
-The node (SCP, tracker, Celery dispatch) and a pynetdicom PACS run in this process; each worker is
-a ``dicomnode worker --pool solo`` subprocess with the same ``DICOMNODE_*`` environment, on the
-real Redis. A pynetdicom SCU sends the studies back to back, one association each. Per study:
+The node (SCP, tracker, Celery dispatch) runs in this process; each worker is a ``dicomnode worker
+--pool solo`` subprocess with the same ``DICOMNODE_*`` environment, on the real Redis. The studies
+go back to back, one association each, from the modality to the node and their results to the
+PACS, both as ``bench/notify.py --peers`` picks them: ``dcmtk`` (a ``storescu`` process per study,
+a ``storescp --fork`` PACS; the default where installed) or ``pynetdicom`` (an SCU and a PACS in
+this process, sharing its interpreter with the node). Per study:
 
 - time to notification: last instance received by our SCP -> SR stored at the PACS
   (with the quiet period, and from study complete, i.e. without it)
@@ -31,16 +34,15 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from notify import PEERS, default_peers  # bench/notify.py, beside this script
 from pydicom.uid import Comprehensive3DSRStorage
 from sqlalchemy import create_engine, select, text
 
 from dicomnode.config import Destination, Settings
-from dicomnode.delivery.push import push_files
 from dicomnode.logconfig import configure_logging
 from dicomnode.node import Node
 from dicomnode.store.db import Store, migrate
 from dicomnode.store.models import Analysis, Study
-from dicomnode.testing.pacs import Receiver
 from dicomnode.testing.phantoms import write_phantom_studies
 from training.demo import ensure_demo_model
 from worker.runners import make_runner
@@ -100,7 +102,11 @@ def main() -> None:
     )
     ap.add_argument("--size", type=int, default=None, help="phantom size in pixels (default 512-768)")
     ap.add_argument("--model", type=Path, default=Path("dicomnode-data/models/pneumonia-demo.onnx"))
+    ap.add_argument(
+        "--peers", choices=sorted(PEERS), default=None, help="modality and PACS (bench/notify.py)"
+    )
     args = ap.parse_args()
+    args.peers = args.peers or default_peers()
     configure_logging("warning")
     model = ensure_demo_model(args.model).resolve()
     queue = f"dicomnode-bench-{uuid.uuid4().hex[:8]}"
@@ -124,7 +130,8 @@ def run(args: argparse.Namespace, model: Path, queue: str, database_url: str) ->
     with tempfile.TemporaryDirectory(prefix="dicomnode-e2e-") as tmp:
         root = Path(tmp)
         studies = write_phantom_studies(root / "in", args.studies, seed=2025, size=args.size)
-        with Receiver(root / "pacs", ae_title="BENCHPACS") as pacs:
+        peers = PEERS[args.peers]
+        with peers.pacs(root / "pacs") as pacs:
             settings = Settings(
                 host="127.0.0.1",
                 port=0,
@@ -146,8 +153,7 @@ def run(args: argparse.Namespace, model: Path, queue: str, database_url: str) ->
             try:
                 t0 = time.time()
                 for st in studies:
-                    res = push_files(st.paths, "127.0.0.1", node.port, calling_ae="BENCHMOD")
-                    assert all(r.status == 0 for r in res), res
+                    peers.send(st.paths, node.port)
                 push_s = time.time() - t0
                 got = pacs.wait_for(2 * len(studies), timeout=120 + 10 * len(studies))
             finally:
@@ -198,7 +204,8 @@ def run(args: argparse.Namespace, model: Path, queue: str, database_url: str) ->
     print(
         f"\ne2e through Celery: {len(studies)} single-image studies, {args.workers} worker(s) (solo pool), "
         f"quiet period {args.quiet:g} s, {os.cpu_count()} CPU cores, "
-        f"{'PostgreSQL' if 'postgresql' in settings.effective_database_url else 'SQLite'}"
+        f"{'PostgreSQL' if 'postgresql' in settings.effective_database_url else 'SQLite'}\n"
+        f"peers: {PEERS[args.peers].description}"
     )
     print(f"{'metric':<52} {'p50':>8} {'p95':>8} {'mean':>8}")
     print("-" * 79)
