@@ -23,12 +23,6 @@ DELIVERY_PRIORITY = 0
 ANALYSIS_PRIORITY = 3
 
 
-def redis_lists(queue: str) -> list[str]:
-    """The Redis lists that hold ``queue``'s tasks: kombu keeps priority step 0 under the queue's
-    name and steps 3, 6 and 9 under ``<queue>\\x06\\x16<step>``."""
-    return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
-
-
 def _routes(settings: Settings) -> dict[str, dict[str, Any]]:
     """Queue (and on Redis, priority) of each task, wherever it is sent from."""
     analysis: dict[str, Any] = {"queue": settings.queue}

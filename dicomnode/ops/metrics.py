@@ -89,6 +89,13 @@ DRIFT_WINDOW_SECONDS = 86400.0
 DRIFT_REFRESH_SECONDS = 300.0
 
 
+def redis_queue_lists(queue: str) -> list[str]:
+    """The Redis lists holding a Celery queue's tasks: kombu's Redis transport keeps priority step
+    0 under the queue's name (where deliveries wait) and steps 3, 6 and 9 under
+    ``<queue>\\x06\\x16<step>`` (analyses wait at 3)."""
+    return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+
+
 class IdCount:
     """``count(*)`` of rows matching ``where`` in an insert-only table, kept by primary key.
 
@@ -355,11 +362,8 @@ class SqlCollector(Collector):
 
         if self._redis is None:
             self._redis = redis.Redis.from_url(broker, socket_timeout=2, socket_connect_timeout=2)
-        q = self.settings.queue
-        # kombu's Redis transport keeps priorities 3, 6 and 9 in lists named <queue>\x06\x16<n>
-        keys = [q] + [f"{q}\x06\x16{p}" for p in (3, 6, 9)]
         pipe = self._redis.pipeline()
-        for k in keys:
+        for k in redis_queue_lists(self.settings.queue):
             pipe.llen(k)
         return int(sum(pipe.execute()))
 
@@ -539,5 +543,6 @@ __all__ = [
     "IdCount",
     "MetricsServer",
     "SqlCollector",
+    "redis_queue_lists",
     "start_metrics_server",
 ]
