@@ -161,13 +161,15 @@ class CeleryWorker(LoggedProcess):
 @pytest.fixture
 def celery_queue() -> Iterator[str]:
     """A queue name of our own on the shared Redis, purged afterwards (with the lists kombu keeps
-    for its priority steps 3, 6 and 9)."""
+    for its priority steps)."""
     import redis
+
+    from dicomnode.ops.metrics import redis_queue_lists
 
     q = f"dicomnode-test-{uuid.uuid4().hex[:10]}"
     yield q
     r = redis.Redis.from_url(REDIS_URL)
-    r.delete(q, *(f"{q}\x06\x16{step}" for step in (3, 6, 9)))
+    r.delete(*redis_queue_lists(q))
     r.close()
 
 

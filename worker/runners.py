@@ -28,7 +28,7 @@ from dicomnode.delivery import abort_all, echo, retry_delivery
 from dicomnode.delivery.hook import send_due
 from dicomnode.delivery.stow import StowAuth, reachable
 from dicomnode.node import TaskRunner
-from dicomnode.ops.metrics import redis_queue_lists
+from dicomnode.ops.metrics import redis_queue_depth
 from dicomnode.store.db import Store
 from dicomnode.store.models import StudyState
 from dicomnode.store.records import set_study_state
@@ -373,10 +373,7 @@ class CeleryRunner:
 
                 client = redis.Redis.from_url(url, socket_timeout=t, socket_connect_timeout=t)
                 try:
-                    pipe = client.pipeline()
-                    for key in redis_queue_lists(self.settings.queue):
-                        pipe.llen(key)
-                    waiting = int(sum(pipe.execute()))
+                    waiting = redis_queue_depth(client, self.settings.queue)
                 finally:
                     client.close()
             else:

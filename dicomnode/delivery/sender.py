@@ -104,14 +104,14 @@ class _DUL(DULServiceProvider):
         if isinstance(assoc.ae, _DeliveryAE):
             self.daemon = True
 
-    # pynetdicom's loop sleeps ``_run_loop_delay`` between looks at the socket when idle: a parked
-    # association waits here instead, woken at once when it is taken out again
     def run(self) -> None:
         # the association's thread runs only once this one has negotiated: nothing uses its
         # checkpoint yet (delivery/checkpoint.py)
         checkpoint.install(self.assoc)
         super().run()
 
+    # pynetdicom's loop sleeps ``_run_loop_delay`` between looks at the socket when idle: a parked
+    # association waits here instead, woken at once when it is taken out again
     @property  # type: ignore[override]
     def _run_loop_delay(self) -> float:
         if not self._awake.is_set():

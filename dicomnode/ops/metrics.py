@@ -96,6 +96,15 @@ def redis_queue_lists(queue: str) -> list[str]:
     return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
 
 
+def redis_queue_depth(client: Any, queue: str) -> int:
+    """Tasks waiting in ``queue`` on the Redis server of ``client`` (a ``redis.Redis``), every
+    priority step counted (:func:`redis_queue_lists`)."""
+    pipe = client.pipeline()
+    for key in redis_queue_lists(queue):
+        pipe.llen(key)
+    return int(sum(pipe.execute()))
+
+
 class IdCount:
     """``count(*)`` of rows matching ``where`` in an insert-only table, kept by primary key.
 
@@ -362,10 +371,7 @@ class SqlCollector(Collector):
 
         if self._redis is None:
             self._redis = redis.Redis.from_url(broker, socket_timeout=2, socket_connect_timeout=2)
-        pipe = self._redis.pipeline()
-        for k in redis_queue_lists(self.settings.queue):
-            pipe.llen(k)
-        return int(sum(pipe.execute()))
+        return redis_queue_depth(self._redis, self.settings.queue)
 
     # -- Collector ------------------------------------------------------------------------------
 
@@ -543,6 +549,7 @@ __all__ = [
     "IdCount",
     "MetricsServer",
     "SqlCollector",
+    "redis_queue_depth",
     "redis_queue_lists",
     "start_metrics_server",
 ]
